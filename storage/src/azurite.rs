@@ -1,0 +1,271 @@
+//! Starting a real Azurite for tests and for `cqrs-operator local --azurite`.
+//!
+//! Azurite is the npm package `azurite`; `cargo xtask test` / `cargo xtask up` install it into
+//! `.tools/azurite/` of the workspace. [`Azurite::start`] runs it on free loopback ports and
+//! stops it when dropped.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tokio::process::{Child, Command};
+
+use crate::connection::ConnectionString;
+
+/// Overrides where the Azurite executable is.
+pub const AZURITE_BIN_ENV: &str = "CQRS_AZURITE_BIN";
+/// Where the project's tooling installs Azurite, relative to the workspace root.
+pub const AZURITE_LOCAL_BIN: &str = ".tools/azurite/node_modules/.bin/azurite";
+
+/// Why Azurite could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum AzuriteError {
+    /// No executable found.
+    #[error(
+        "Azurite is not installed: looked for ${AZURITE_BIN_ENV}, {AZURITE_LOCAL_BIN} above {searched} \
+         and `azurite` on PATH. Run `cargo xtask test` or `cargo xtask up` once (they install it \
+         with npm into .tools/), or `npm install --prefix .tools/azurite azurite`"
+    )]
+    NotInstalled {
+        /// Where the search started.
+        searched: String,
+    },
+    /// The process could not be started or died early.
+    #[error("Azurite ({bin}) failed to start: {reason}")]
+    Start {
+        /// The executable.
+        bin: String,
+        /// What happened (with its output when it exited).
+        reason: String,
+    },
+    /// No free port.
+    #[error("no free loopback port: {0}")]
+    Port(std::io::Error),
+}
+
+/// Options for [`Azurite::start`].
+#[derive(Clone, Debug, Default)]
+pub struct AzuriteOptions {
+    /// Blob port (0: pick a free one).
+    pub blob_port: u16,
+    /// Queue port (0: pick a free one).
+    pub queue_port: u16,
+    /// Keep data on disk here; `None` keeps it in memory (faster; lost on stop).
+    pub location: Option<PathBuf>,
+}
+
+/// A running Azurite, stopped on drop.
+#[derive(Debug)]
+pub struct Azurite {
+    child: Child,
+    blob_port: u16,
+    queue_port: u16,
+    bin: PathBuf,
+}
+
+impl Azurite {
+    /// Finds the Azurite executable: `$CQRS_AZURITE_BIN`, then `.tools/azurite` in this
+    /// directory or any parent (or the workspace this crate was built in), then `PATH`.
+    pub fn find() -> Result<PathBuf, AzuriteError> {
+        if let Some(bin) = std::env::var_os(AZURITE_BIN_ENV) {
+            return Ok(PathBuf::from(bin));
+        }
+        let cwd = std::env::current_dir().unwrap_or_default();
+        let built_in = Path::new(env!("CARGO_MANIFEST_DIR"));
+        for start in [cwd.as_path(), built_in] {
+            for dir in start.ancestors() {
+                let candidate = dir.join(AZURITE_LOCAL_BIN);
+                if candidate.is_file() {
+                    return Ok(candidate);
+                }
+            }
+        }
+        if let Some(path) = std::env::var_os("PATH") {
+            for dir in std::env::split_paths(&path) {
+                let candidate = dir.join("azurite");
+                if candidate.is_file() {
+                    return Ok(candidate);
+                }
+            }
+        }
+        Err(AzuriteError::NotInstalled {
+            searched: cwd.display().to_string(),
+        })
+    }
+
+    /// Starts Azurite and waits until both services accept connections.
+    pub async fn start(options: AzuriteOptions) -> Result<Self, AzuriteError> {
+        let bin = Self::find()?;
+        let blob_port = pick_port(options.blob_port)?;
+        let queue_port = pick_port(options.queue_port)?;
+        let table_port = pick_port(0)?;
+        let mut cmd = Command::new(&bin);
+        cmd.args([
+            "--silent",
+            "--skipApiVersionCheck",
+            "--loose",
+            "--disableTelemetry",
+        ])
+        .args([
+            "--blobHost",
+            "127.0.0.1",
+            "--queueHost",
+            "127.0.0.1",
+            "--tableHost",
+            "127.0.0.1",
+        ])
+        .args(["--blobPort", &blob_port.to_string()])
+        .args(["--queuePort", &queue_port.to_string()])
+        .args(["--tablePort", &table_port.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+        match &options.location {
+            Some(dir) => {
+                std::fs::create_dir_all(dir).map_err(|e| start_err(&bin, e))?;
+                cmd.arg("--location").arg(dir);
+            }
+            None => {
+                cmd.arg("--inMemoryPersistence");
+            }
+        }
+        let child = cmd.spawn().map_err(|e| start_err(&bin, e))?;
+        let mut azurite = Azurite {
+            child,
+            blob_port,
+            queue_port,
+            bin,
+        };
+        azurite.wait_ready(Duration::from_secs(60)).await?;
+        Ok(azurite)
+    }
+
+    async fn wait_ready(&mut self, limit: Duration) -> Result<(), AzuriteError> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                let mut output = String::new();
+                if let Some(mut stderr) = self.child.stderr.take() {
+                    use tokio::io::AsyncReadExt as _;
+                    let _ = stderr.read_to_string(&mut output).await;
+                }
+                return Err(start_err(
+                    &self.bin,
+                    format!("exited with {status}: {}", output.trim()),
+                ));
+            }
+            if port_open(self.blob_port) && port_open(self.queue_port) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(start_err(
+                    &self.bin,
+                    format!("not listening after {limit:?}"),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The connection string for this instance.
+    pub fn connection_string(&self) -> ConnectionString {
+        ConnectionString::development_at("127.0.0.1", self.blob_port, self.queue_port)
+    }
+
+    /// Blob service port.
+    pub fn blob_port(&self) -> u16 {
+        self.blob_port
+    }
+
+    /// Queue service port.
+    pub fn queue_port(&self) -> u16 {
+        self.queue_port
+    }
+
+    /// Stops Azurite and waits for it to exit.
+    pub async fn stop(mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+fn start_err(bin: &Path, reason: impl ToString) -> AzuriteError {
+    AzuriteError::Start {
+        bin: bin.display().to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+fn pick_port(port: u16) -> Result<u16, AzuriteError> {
+    if port != 0 {
+        return Ok(port);
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(AzuriteError::Port)?;
+    listener
+        .local_addr()
+        .map(|a| a.port())
+        .map_err(AzuriteError::Port)
+}
+
+fn port_open(port: u16) -> bool {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+}
+
+/// Set by `cargo xtask test` to the connection string of one Azurite it started for the whole
+/// run; without it each [`TestAzurite`] starts its own.
+pub const SHARED_AZURITE_ENV: &str = "CQRS_TEST_AZURITE";
+
+/// Azurite for one test: the run's shared instance, or a private one stopped with this value.
+#[derive(Debug)]
+pub struct TestAzurite {
+    /// Connection string of the instance.
+    pub connection_string: ConnectionString,
+    own: Option<Azurite>,
+}
+
+impl TestAzurite {
+    /// Connects to the shared Azurite or starts a private one.
+    ///
+    /// # Panics
+    /// When Azurite is not installed or does not start: the message says how to install it.
+    pub async fn start() -> Self {
+        if let Ok(cs) = std::env::var(SHARED_AZURITE_ENV) {
+            let connection_string = ConnectionString::parse(&cs).unwrap_or_else(|e| {
+                panic!("{SHARED_AZURITE_ENV} is not a usable connection string: {e}")
+            });
+            return Self {
+                connection_string,
+                own: None,
+            };
+        }
+        match Azurite::start(AzuriteOptions::default()).await {
+            Ok(azurite) => Self {
+                connection_string: azurite.connection_string(),
+                own: Some(azurite),
+            },
+            Err(e) => panic!("this test needs Azurite: {e}"),
+        }
+    }
+
+    /// A storage account client for the instance.
+    pub fn account(&self) -> crate::StorageAccount {
+        crate::StorageAccount::from_connection_string(
+            &self.connection_string,
+            crate::RetrySettings::INTERACTIVE,
+        )
+        .expect("Azurite connection string gives an account")
+    }
+
+    /// The private instance, when this test started one (to stop or restart it).
+    pub fn own_instance(&mut self) -> Option<&mut Azurite> {
+        self.own.as_mut()
+    }
+}
+
+/// A queue/container name no other test uses: `prefix` plus 12 random hex digits.
+pub fn unique_name(prefix: &str) -> String {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    format!("{prefix}-{}", &id[..12])
+}
