@@ -68,30 +68,12 @@ impl Azurite {
     /// Finds the Azurite executable: `$CQRS_AZURITE_BIN`, then `.tools/azurite` in this
     /// directory or any parent (or the workspace this crate was built in), then `PATH`.
     pub fn find() -> Result<PathBuf, AzuriteError> {
-        if let Some(bin) = std::env::var_os(AZURITE_BIN_ENV) {
-            return Ok(PathBuf::from(bin));
-        }
         let cwd = std::env::current_dir().unwrap_or_default();
-        let built_in = Path::new(env!("CARGO_MANIFEST_DIR"));
-        for start in [cwd.as_path(), built_in] {
-            for dir in start.ancestors() {
-                let candidate = dir.join(AZURITE_LOCAL_BIN);
-                if candidate.is_file() {
-                    return Ok(candidate);
-                }
-            }
-        }
-        if let Some(path) = std::env::var_os("PATH") {
-            for dir in std::env::split_paths(&path) {
-                let candidate = dir.join("azurite");
-                if candidate.is_file() {
-                    return Ok(candidate);
-                }
-            }
-        }
-        Err(AzuriteError::NotInstalled {
-            searched: cwd.display().to_string(),
-        })
+        find_in(
+            std::env::var_os(AZURITE_BIN_ENV).map(PathBuf::from),
+            &[cwd.as_path(), Path::new(env!("CARGO_MANIFEST_DIR"))],
+            std::env::var_os("PATH"),
+        )
     }
 
     /// Starts Azurite and waits until both services accept connections.
@@ -190,6 +172,46 @@ impl Azurite {
     }
 }
 
+fn find_in(
+    explicit: Option<PathBuf>,
+    starts: &[&Path],
+    path_var: Option<std::ffi::OsString>,
+) -> Result<PathBuf, AzuriteError> {
+    let searched = starts
+        .first()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    if let Some(bin) = explicit {
+        return if bin.is_file() {
+            Ok(bin)
+        } else {
+            Err(AzuriteError::NotInstalled {
+                searched: format!(
+                    "{searched} (${AZURITE_BIN_ENV}={} is not a file)",
+                    bin.display()
+                ),
+            })
+        };
+    }
+    for start in starts {
+        for dir in start.ancestors() {
+            let candidate = dir.join(AZURITE_LOCAL_BIN);
+            if candidate.is_file() {
+                return Ok(candidate);
+            }
+        }
+    }
+    if let Some(path) = path_var {
+        for dir in std::env::split_paths(&path) {
+            let candidate = dir.join("azurite");
+            if candidate.is_file() {
+                return Ok(candidate);
+            }
+        }
+    }
+    Err(AzuriteError::NotInstalled { searched })
+}
+
 fn start_err(bin: &Path, reason: impl ToString) -> AzuriteError {
     AzuriteError::Start {
         bin: bin.display().to_string(),
@@ -268,4 +290,41 @@ impl TestAzurite {
 pub fn unique_name(prefix: &str) -> String {
     let id = uuid::Uuid::new_v4().simple().to_string();
     format!("{prefix}-{}", &id[..12])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_azurite_says_how_to_install_it() {
+        let empty = std::env::temp_dir().join(unique_name("no-azurite"));
+        std::fs::create_dir_all(&empty).unwrap();
+        let err = find_in(None, &[&empty], Some(empty.clone().into_os_string()))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("cargo xtask test") && err.contains("npm install"),
+            "{err}"
+        );
+        let err = find_in(Some(empty.join("nope")), &[&empty], None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("CQRS_AZURITE_BIN") && err.contains("is not a file"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_project_local_install_is_found_from_any_subdirectory() {
+        let root = std::env::temp_dir().join(unique_name("ws"));
+        let bin = root.join(AZURITE_LOCAL_BIN);
+        std::fs::create_dir_all(bin.parent().unwrap()).unwrap();
+        std::fs::write(&bin, "").unwrap();
+        let deep = root.join("operator/src");
+        std::fs::create_dir_all(&deep).unwrap();
+        assert_eq!(find_in(None, &[&deep], None).unwrap(), bin);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 }

@@ -1,0 +1,45 @@
+//! Project tasks: `cargo xtask <task>`.
+//!
+//! Each task lives in its own module; all shell out to `cargo`, `npm` and friends with
+//! `std::process`, so this crate stays small and builds in seconds.
+
+mod crd;
+mod shell;
+mod test;
+mod tools;
+
+use std::process::ExitCode;
+
+const USAGE: &str = "\
+usage: cargo xtask <task>
+
+tasks:
+  test    everything CI checks: installs test tools if missing, fmt, clippy, CRD in sync,
+          all tests against a real Azurite
+  crd     regenerate charts/cqrs-operator/crds/ from the Rust types
+  tools   install the test tools (Azurite) into .tools/ without running anything
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("test") => test::run(&args[1..]),
+        Some("crd") => crd::write(),
+        Some("tools") => tools::azurite().map(|_| ()),
+        Some("-h" | "--help" | "help") | None => {
+            print!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Some(other) => {
+            eprint!("unknown task `{other}`\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("\nxtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
