@@ -1,12 +1,16 @@
 //! `cqrs-operator`: the Kubernetes operator, its local runtime, and CRD tooling.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{ArgAction, Parser, Subcommand};
 use kube::CustomResourceExt;
 
 use cqrs_operator::crd::CqrsApp;
+use cqrs_operator::k8s::{self, RunOptions};
+use cqrs_operator::telemetry::{self, LogFormat};
 
 #[derive(Parser)]
 #[command(
@@ -20,6 +24,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the operator against the cluster of the current kubeconfig (or in-cluster).
+    Run(Box<RunArgs>),
     /// Print the CqrsApp CustomResourceDefinition (the same YAML the Helm chart ships).
     Crd {
         /// Print the field reference as a Markdown table instead (used for the README).
@@ -34,9 +40,45 @@ enum Command {
     },
 }
 
-fn main() -> ExitCode {
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Address for /metrics, /healthz and /readyz.
+    #[arg(long, env = "CQRS_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    metrics_addr: SocketAddr,
+    /// Elect a leader through a Lease, so several replicas can run (only the leader acts).
+    #[arg(long, env = "CQRS_LEADER_ELECTION", default_value_t = true, action = ArgAction::Set)]
+    leader_election: bool,
+    /// Namespace of the Lease (default: the operator's own namespace).
+    #[arg(long, env = "POD_NAMESPACE")]
+    lease_namespace: Option<String>,
+    /// Name of the Lease.
+    #[arg(long, default_value = "cqrs-operator-leader")]
+    lease_name: String,
+    /// This replica's identity in the Lease (default: $POD_NAME, else the host name).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Watch only this namespace (default: all namespaces).
+    #[arg(long, env = "WATCH_NAMESPACE")]
+    watch_namespace: Option<String>,
+    /// Azure Resource Manager endpoint (sovereign clouds).
+    #[arg(long, env = "CQRS_ARM_ENDPOINT")]
+    arm_endpoint: Option<url::Url>,
+    /// Log line format.
+    #[arg(long, value_enum, env = "CQRS_LOG_FORMAT", default_value = "json")]
+    log_format: LogFormat,
+    /// Give up if the Kubernetes API does not answer within this many seconds at start-up.
+    #[arg(long, default_value = "5")]
+    connect_timeout: u64,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    // NB: two TLS crypto providers are linked (kube brings ring, the Azure SDK aws-lc-rs);
+    // rustls needs one chosen explicitly. Fails only if one is already installed.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cli = Cli::parse();
     match cli.command {
+        Command::Run(args) => run(*args).await,
         Command::Crd { markdown: true } => {
             print!("{}", cqrs_operator::crd::reference::markdown());
             ExitCode::SUCCESS
@@ -65,5 +107,44 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+    }
+}
+
+async fn run(args: RunArgs) -> ExitCode {
+    telemetry::init(args.log_format);
+    let client = match k8s::connect(Duration::from_secs(args.connect_timeout)).await {
+        Ok(client) => client,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let identity = args.identity.unwrap_or_else(|| {
+        std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_string())
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| format!("cqrs-operator-{}", std::process::id()))
+    });
+    let options = RunOptions {
+        metrics_addr: args.metrics_addr,
+        leader_election: args.leader_election,
+        lease_namespace: args.lease_namespace,
+        lease_name: args.lease_name,
+        identity,
+        watch_namespace: args.watch_namespace,
+        arm_endpoint: args.arm_endpoint,
+    };
+    match k8s::run(client, options).await {
+        Ok(()) => {
+            tracing::info!("stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
     }
 }

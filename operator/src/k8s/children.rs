@@ -1,0 +1,568 @@
+//! The Kubernetes objects a CqrsApp owns, built as typed `k8s-openapi` structs from the plan.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
+};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
+    EnvVar, EnvVarSource, HTTPGetAction, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    SeccompProfile, SecretKeySelector, SecurityContext, Service, ServiceAccount, ServicePort,
+    ServiceSpec, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use crate::crd::{CqrsApp, CqrsAppSpec, WorkerSpec};
+use crate::plan::{
+    self, EnvEntry, EnvSource, RATE_SHARE_DIR, RATE_SHARE_KEY, Role, StorageAccess, WORKER_PORT,
+};
+
+/// Label with the app's name on every child (and the pods' selector).
+pub const APP_LABEL: &str = "cqrs.dev/app";
+/// Label with the component (`web` or the worker's name) on every child.
+pub const COMPONENT_LABEL: &str = "cqrs.dev/component";
+/// Value of `app.kubernetes.io/managed-by` on every child.
+pub const MANAGED_BY: &str = "cqrs-operator";
+/// Component name of the web role.
+pub const WEB: &str = "web";
+/// Unprivileged user the roles run as (the distroless `nonroot` user).
+pub const RUN_AS_USER: i64 = 65532;
+
+/// Names of an app's children.
+pub fn web_name(app: &str) -> String {
+    format!("{app}-web")
+}
+
+/// Name of a worker role's Deployment.
+pub fn worker_name(app: &str, worker: &str) -> String {
+    format!("{app}-{worker}")
+}
+
+/// Name of a rate-limited worker role's ConfigMap.
+pub fn rate_configmap_name(app: &str, worker: &str) -> String {
+    format!("{app}-{worker}-rate")
+}
+
+/// Standard labels of a child object.
+pub fn labels(app: &str, component: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".into(), app.into()),
+        ("app.kubernetes.io/instance".into(), app.into()),
+        ("app.kubernetes.io/component".into(), component.into()),
+        ("app.kubernetes.io/managed-by".into(), MANAGED_BY.into()),
+        (APP_LABEL.into(), app.into()),
+        (COMPONENT_LABEL.into(), component.into()),
+    ])
+}
+
+fn selector(app: &str, component: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (APP_LABEL.into(), app.into()),
+        (COMPONENT_LABEL.into(), component.into()),
+    ])
+}
+
+/// What every builder needs about the app.
+#[derive(Clone, Debug)]
+pub struct Owner {
+    /// App name.
+    pub name: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Controller owner reference to the CqrsApp.
+    pub reference: OwnerReference,
+}
+
+impl Owner {
+    /// The owner of `app`'s children; `None` if the object has no name, namespace or uid yet.
+    pub fn of(app: &CqrsApp) -> Option<Self> {
+        use kube::Resource as _;
+        Some(Self {
+            name: app.metadata.name.clone()?,
+            namespace: app.metadata.namespace.clone()?,
+            reference: app.controller_owner_ref(&())?,
+        })
+    }
+
+    fn meta(&self, name: String, component: &str) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(name),
+            namespace: Some(self.namespace.clone()),
+            labels: Some(labels(&self.name, component)),
+            owner_references: Some(vec![self.reference.clone()]),
+            ..Default::default()
+        }
+    }
+}
+
+/// The ServiceAccount the roles run as; on Azure it carries the workload identity client id.
+pub fn service_account(owner: &Owner, spec: &CqrsAppSpec) -> ServiceAccount {
+    let mut meta = owner.meta(owner.name.clone(), "app");
+    if let Some(client_id) = spec
+        .storage
+        .azure
+        .as_ref()
+        .and_then(|a| a.client_id.clone())
+    {
+        meta.annotations = Some(BTreeMap::from([(
+            "azure.workload.identity/client-id".into(),
+            client_id,
+        )]));
+    }
+    ServiceAccount {
+        metadata: meta,
+        automount_service_account_token: Some(false),
+        ..Default::default()
+    }
+}
+
+fn env_vars(contract: Vec<EnvEntry>, user: &[EnvVar]) -> Vec<EnvVar> {
+    let mut vars: Vec<EnvVar> = contract
+        .into_iter()
+        .map(|entry| match entry.source {
+            EnvSource::Value(value) => EnvVar {
+                name: entry.name,
+                value: Some(value),
+                value_from: None,
+            },
+            EnvSource::Secret(secret) => EnvVar {
+                name: entry.name,
+                value: None,
+                value_from: Some(EnvVarSource {
+                    secret_key_ref: Some(SecretKeySelector {
+                        name: secret.name,
+                        key: secret.key,
+                        optional: Some(false),
+                    }),
+                    ..Default::default()
+                }),
+            },
+        })
+        .collect();
+    vars.extend(user.iter().cloned());
+    vars
+}
+
+fn http_probe(port: &str, period: i32, failure_threshold: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some("/healthz".into()),
+            port: IntOrString::String(port.into()),
+            ..Default::default()
+        }),
+        period_seconds: Some(period),
+        timeout_seconds: Some(2),
+        failure_threshold: Some(failure_threshold),
+        ..Default::default()
+    }
+}
+
+fn container_security() -> SecurityContext {
+    SecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(RUN_AS_USER),
+        run_as_group: Some(RUN_AS_USER),
+        read_only_root_filesystem: Some(true),
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            ..Default::default()
+        }),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+struct PodParts {
+    component: String,
+    image: String,
+    args: Vec<String>,
+    env: Vec<EnvVar>,
+    port_name: &'static str,
+    port: i32,
+    resources: Option<k8s_openapi::api::core::v1::ResourceRequirements>,
+    extra_volume: Option<(Volume, VolumeMount)>,
+    grace_seconds: i64,
+}
+
+fn pod_template(owner: &Owner, spec: &CqrsAppSpec, parts: PodParts) -> PodTemplateSpec {
+    let mut labels = labels(&owner.name, &parts.component);
+    if spec.storage.azure.is_some() {
+        labels.insert("azure.workload.identity/use".into(), "true".into());
+    }
+    let mut volumes = vec![Volume {
+        name: "tmp".into(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Default::default()
+    }];
+    let mut mounts = vec![VolumeMount {
+        name: "tmp".into(),
+        mount_path: "/tmp".into(),
+        ..Default::default()
+    }];
+    if let Some((volume, mount)) = parts.extra_volume {
+        volumes.push(volume);
+        mounts.push(mount);
+    }
+    PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(labels),
+            ..Default::default()
+        }),
+        spec: Some(PodSpec {
+            service_account_name: Some(owner.name.clone()),
+            automount_service_account_token: Some(false),
+            termination_grace_period_seconds: Some(parts.grace_seconds),
+            security_context: Some(PodSecurityContext {
+                run_as_non_root: Some(true),
+                seccomp_profile: Some(SeccompProfile {
+                    type_: "RuntimeDefault".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            containers: vec![Container {
+                name: parts.component.clone(),
+                image: Some(parts.image),
+                args: (!parts.args.is_empty()).then_some(parts.args),
+                env: Some(parts.env),
+                ports: Some(vec![ContainerPort {
+                    name: Some(parts.port_name.into()),
+                    container_port: parts.port,
+                    ..Default::default()
+                }]),
+                readiness_probe: Some(http_probe(parts.port_name, 5, 3)),
+                liveness_probe: Some(http_probe(parts.port_name, 10, 6)),
+                resources: parts.resources,
+                security_context: Some(container_security()),
+                volume_mounts: Some(mounts),
+                ..Default::default()
+            }],
+            volumes: Some(volumes),
+            ..Default::default()
+        }),
+    }
+}
+
+/// The web role's Deployment.
+pub fn web_deployment(
+    owner: &Owner,
+    spec: &CqrsAppSpec,
+    access: &StorageAccess,
+) -> Option<Deployment> {
+    let web = spec.web.as_ref()?;
+    let env = env_vars(
+        plan::role_env(&owner.name, spec, Role::Web, access, web.port, None),
+        &web.env,
+    );
+    let template = pod_template(
+        owner,
+        spec,
+        PodParts {
+            component: WEB.into(),
+            image: web.image.clone(),
+            args: web.args.clone(),
+            env,
+            port_name: "http",
+            port: web.port,
+            resources: web.resources.clone(),
+            extra_volume: None,
+            grace_seconds: 30,
+        },
+    );
+    Some(Deployment {
+        metadata: owner.meta(web_name(&owner.name), WEB),
+        spec: Some(DeploymentSpec {
+            replicas: Some(web.replicas),
+            selector: LabelSelector {
+                match_labels: Some(selector(&owner.name, WEB)),
+                ..Default::default()
+            },
+            template,
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
+/// The Service in front of the web role.
+pub fn web_service(owner: &Owner, spec: &CqrsAppSpec) -> Option<Service> {
+    let web = spec.web.as_ref()?;
+    Some(Service {
+        metadata: owner.meta(web_name(&owner.name), WEB),
+        spec: Some(ServiceSpec {
+            type_: Some(web.service.type_.as_str().into()),
+            selector: Some(selector(&owner.name, WEB)),
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                port: web.service.port,
+                target_port: Some(IntOrString::String("http".into())),
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
+/// A worker role's Deployment with `replicas` (the scaler's current decision; the scaler
+/// changes it afterwards through the scale subresource).
+pub fn worker_deployment(
+    owner: &Owner,
+    spec: &CqrsAppSpec,
+    worker: &WorkerSpec,
+    access: &StorageAccess,
+    replicas: i32,
+) -> Deployment {
+    let rate_file = worker
+        .max_messages_per_second
+        .map(|_| format!("{RATE_SHARE_DIR}/{RATE_SHARE_KEY}"));
+    let env = env_vars(
+        plan::role_env(
+            &owner.name,
+            spec,
+            Role::Worker(worker),
+            access,
+            WORKER_PORT,
+            rate_file.as_deref(),
+        ),
+        &worker.env,
+    );
+    let extra_volume = worker.max_messages_per_second.map(|_| {
+        (
+            Volume {
+                name: "rate".into(),
+                config_map: Some(ConfigMapVolumeSource {
+                    name: rate_configmap_name(&owner.name, &worker.name),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            VolumeMount {
+                name: "rate".into(),
+                mount_path: RATE_SHARE_DIR.into(),
+                read_only: Some(true),
+                ..Default::default()
+            },
+        )
+    });
+    let visibility = spec
+        .queues
+        .iter()
+        .find(|q| q.name == worker.queue)
+        .map_or(30, |q| q.visibility_timeout_seconds);
+    let template = pod_template(
+        owner,
+        spec,
+        PodParts {
+            component: worker.name.clone(),
+            image: worker.image.clone(),
+            args: worker.args.clone(),
+            env,
+            port_name: "metrics",
+            port: WORKER_PORT,
+            resources: worker.resources.clone(),
+            extra_volume,
+            // NB: time to finish in-flight messages on SIGTERM: one visibility timeout, plus slack.
+            grace_seconds: i64::from(visibility) + 10,
+        },
+    );
+    Deployment {
+        metadata: owner.meta(worker_name(&owner.name, &worker.name), &worker.name),
+        spec: Some(DeploymentSpec {
+            replicas: Some(replicas),
+            selector: LabelSelector {
+                match_labels: Some(selector(&owner.name, &worker.name)),
+                ..Default::default()
+            },
+            template,
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".into()),
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_surge: Some(IntOrString::String("25%".into())),
+                    max_unavailable: Some(IntOrString::Int(0)),
+                }),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The ConfigMap holding a rate-limited worker role's per-replica share.
+pub fn rate_configmap(owner: &Owner, worker: &WorkerSpec, share: Option<f64>) -> ConfigMap {
+    ConfigMap {
+        metadata: owner.meta(rate_configmap_name(&owner.name, &worker.name), &worker.name),
+        data: Some(BTreeMap::from([(
+            RATE_SHARE_KEY.into(),
+            plan::format_rate_share(share),
+        )])),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::SecretKeyRef;
+    use crate::testing::app;
+
+    fn owner() -> Owner {
+        Owner::of(&app()).unwrap()
+    }
+
+    fn access() -> StorageAccess {
+        StorageAccess::SecretRef(SecretKeyRef {
+            name: "pieshop-storage".into(),
+            key: "connectionString".into(),
+        })
+    }
+
+    fn env_of(d: &Deployment) -> Vec<EnvVar> {
+        d.spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap()
+            .containers[0]
+            .env
+            .clone()
+            .unwrap()
+    }
+
+    #[test]
+    fn children_are_owned_by_the_app_and_labelled() {
+        let d = web_deployment(&owner(), &app().spec, &access()).unwrap();
+        let refs = d.metadata.owner_references.unwrap();
+        assert_eq!(refs.len(), 1);
+        assert_eq!(refs[0].kind, "CqrsApp");
+        assert_eq!(refs[0].name, "pieshop");
+        assert_eq!(refs[0].controller, Some(true));
+        let labels = d.metadata.labels.unwrap();
+        assert_eq!(labels["app.kubernetes.io/managed-by"], "cqrs-operator");
+        assert_eq!(labels[COMPONENT_LABEL], "web");
+        assert_eq!(d.metadata.name.as_deref(), Some("pieshop-web"));
+    }
+
+    #[test]
+    fn pods_run_non_root_with_a_read_only_root_filesystem_and_probes() {
+        let a = app();
+        let d = worker_deployment(&owner(), &a.spec, &a.spec.workers[0], &access(), 0);
+        let pod = d.spec.unwrap().template.spec.unwrap();
+        let c = &pod.containers[0];
+        let sc = c.security_context.as_ref().unwrap();
+        assert_eq!(sc.run_as_non_root, Some(true));
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(
+            c.readiness_probe
+                .as_ref()
+                .unwrap()
+                .http_get
+                .as_ref()
+                .unwrap()
+                .path
+                .as_deref(),
+            Some("/healthz")
+        );
+        assert!(c.liveness_probe.is_some());
+        assert_eq!(
+            pod.termination_grace_period_seconds,
+            Some(40),
+            "visibility timeout + 10 s"
+        );
+        assert!(
+            pod.volumes.unwrap().iter().any(|v| v.name == "tmp"),
+            "a writable /tmp"
+        );
+    }
+
+    #[test]
+    fn the_connection_string_is_a_secret_reference() {
+        let d = web_deployment(&owner(), &app().spec, &access()).unwrap();
+        let env = env_of(&d);
+        let cs = env
+            .iter()
+            .find(|e| e.name == "CQRS_STORAGE_CONNECTION_STRING")
+            .unwrap();
+        assert_eq!(cs.value, None);
+        let secret = cs
+            .value_from
+            .as_ref()
+            .unwrap()
+            .secret_key_ref
+            .as_ref()
+            .unwrap();
+        assert_eq!(
+            (secret.name.as_str(), secret.key.as_str()),
+            ("pieshop-storage", "connectionString")
+        );
+        assert!(
+            env.iter().any(|e| e.name == "SCANNER_KEY"),
+            "the user's env follows the contract"
+        );
+    }
+
+    #[test]
+    fn rate_limited_workers_mount_their_share() {
+        let mut a = app();
+        a.spec.workers[1].max_messages_per_second = Some(60);
+        let d = worker_deployment(&owner(), &a.spec, &a.spec.workers[1], &access(), 3);
+        assert_eq!(d.spec.as_ref().unwrap().replicas, Some(3));
+        let pod = d.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+        let volume = pod
+            .volumes
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|v| v.name == "rate")
+            .unwrap();
+        assert_eq!(
+            volume.config_map.as_ref().unwrap().name,
+            "pieshop-stocker-rate"
+        );
+        let env = env_of(&d);
+        assert!(env.iter().any(|e| e.name == "CQRS_RATE_SHARE_FILE"
+            && e.value.as_deref() == Some("/etc/cqrs/rate/share")));
+        let cm = rate_configmap(&owner(), &a.spec.workers[1], Some(20.0));
+        assert_eq!(cm.data.unwrap()["share"], "20.000");
+    }
+
+    #[test]
+    fn azure_apps_use_workload_identity() {
+        let mut a = app();
+        a.spec.storage.connection_secret_ref = None;
+        a.spec.storage.azure = Some(crate::crd::AzureStorageSpec {
+            subscription_id: "00000000-0000-0000-0000-000000000000".into(),
+            resource_group: "rg".into(),
+            account_name: "acct".into(),
+            create_account: None,
+            client_id: Some("11111111-2222-3333-4444-555555555555".into()),
+        });
+        let sa = service_account(&owner(), &a.spec);
+        assert_eq!(
+            sa.metadata.annotations.unwrap()["azure.workload.identity/client-id"],
+            "11111111-2222-3333-4444-555555555555"
+        );
+        let d = web_deployment(&owner(), &a.spec, &access()).unwrap();
+        let pod_labels = d.spec.unwrap().template.metadata.unwrap().labels.unwrap();
+        assert_eq!(pod_labels["azure.workload.identity/use"], "true");
+    }
+
+    #[test]
+    fn the_service_selects_the_web_pods() {
+        let s = web_service(&owner(), &app().spec).unwrap();
+        let spec = s.spec.unwrap();
+        assert_eq!(spec.type_.as_deref(), Some("ClusterIP"));
+        assert_eq!(spec.ports.unwrap()[0].port, 80);
+        assert_eq!(spec.selector.unwrap()[COMPONENT_LABEL], "web");
+    }
+}

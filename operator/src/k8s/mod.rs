@@ -1,0 +1,318 @@
+//! The Kubernetes controller: `cqrs-operator run`.
+
+pub mod children;
+pub mod reconcile;
+pub mod scaling;
+pub mod status;
+pub mod storage;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Service;
+use kube::runtime::controller::Controller;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Api, Client};
+
+use crate::autoscale::Scalers;
+use crate::crd::CqrsApp;
+use crate::metrics::Metrics;
+use scaling::ScalerKey;
+use storage::{Connected, StorageConnector};
+
+/// Everything a reconciliation needs.
+pub struct Context {
+    /// Kubernetes client.
+    pub client: Client,
+    /// Publishes Kubernetes Events about CqrsApps.
+    pub recorder: Recorder,
+    /// Reaches each app's storage.
+    pub storage: Arc<dyn StorageConnector>,
+    /// The worker roles' probe loops.
+    pub scalers: Scalers<ScalerKey>,
+    /// Prometheus metrics.
+    pub metrics: Arc<Metrics>,
+    /// Consecutive failures per app, for the retry backoff.
+    pub failures: Mutex<HashMap<ObjectRef<CqrsApp>, u32>>,
+    /// The last storage connection of each app, for cleanup after its Secret is gone.
+    pub connections: Mutex<HashMap<ObjectRef<CqrsApp>, Connected>>,
+    /// One lock per storage account, held while provisioning (CORS is read-modify-write).
+    pub account_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("scalers", &self.scalers)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Context {
+    /// A context for reconciling with `client`.
+    pub fn new(
+        client: Client,
+        storage: Arc<dyn StorageConnector>,
+        metrics: Arc<Metrics>,
+        reporter: Reporter,
+    ) -> Self {
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            storage,
+            scalers: Scalers::default(),
+            metrics,
+            failures: Mutex::default(),
+            connections: Mutex::default(),
+            account_locks: Mutex::default(),
+        }
+    }
+
+    /// The provisioning lock of the account behind `probe_id`.
+    pub fn account_lock(&self, probe_id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.account_locks.lock().unwrap_or_else(|p| p.into_inner());
+        locks.entry(probe_id.to_string()).or_default().clone()
+    }
+}
+
+/// Settings of `cqrs-operator run`.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Where `/metrics`, `/healthz` and `/readyz` are served.
+    pub metrics_addr: SocketAddr,
+    /// Take part in leader election (needed when more than one replica runs).
+    pub leader_election: bool,
+    /// Namespace of the Lease (default: the client's namespace).
+    pub lease_namespace: Option<String>,
+    /// Name of the Lease.
+    pub lease_name: String,
+    /// This replica's identity in the Lease.
+    pub identity: String,
+    /// Watch one namespace only (default: all).
+    pub watch_namespace: Option<String>,
+    /// ARM endpoint override.
+    pub arm_endpoint: Option<url::Url>,
+}
+
+/// Why the operator stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// No usable cluster configuration, or the API server is unreachable.
+    #[error("{0}")]
+    Cluster(String),
+    /// The metrics port could not be bound.
+    #[error("cannot serve metrics on {addr}: {source}")]
+    Metrics {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Leader election failed or leadership was lost.
+    #[error("leader election: {0}")]
+    Leadership(String),
+}
+
+/// Connects to the cluster, checking that the API server answers; the error names the
+/// kubeconfig and server it tried.
+pub async fn connect(timeout: Duration) -> Result<Client, RunError> {
+    let source = match std::env::var("KUBECONFIG") {
+        Ok(path) if !path.is_empty() => format!("kubeconfig {path} (from $KUBECONFIG)"),
+        _ if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() => {
+            "the in-cluster service account".to_string()
+        }
+        _ => "kubeconfig ~/.kube/config".to_string(),
+    };
+    let config = kube::Config::infer().await.map_err(|e| {
+        RunError::Cluster(format!(
+            "no Kubernetes cluster configuration found (tried {source}): {e}"
+        ))
+    })?;
+    let server = config.cluster_url.to_string();
+    let client = Client::try_from(config).map_err(|e| {
+        RunError::Cluster(format!(
+            "cannot build a client for {server} (from {source}): {e}"
+        ))
+    })?;
+    match tokio::time::timeout(timeout, client.apiserver_version()).await {
+        Ok(Ok(version)) => {
+            tracing::info!(%server, version = %version.git_version, "connected to the Kubernetes API");
+            Ok(client)
+        }
+        Ok(Err(e)) => Err(RunError::Cluster(format!(
+            "cannot reach the Kubernetes API at {server} (from {source}): {e}"
+        ))),
+        Err(_) => Err(RunError::Cluster(format!(
+            "the Kubernetes API at {server} (from {source}) did not answer within {}s",
+            timeout.as_secs()
+        ))),
+    }
+}
+
+/// Runs the operator until SIGTERM/Ctrl-C (returns `Ok`) or a fatal error.
+pub async fn run(client: Client, options: RunOptions) -> Result<(), RunError> {
+    let metrics = Arc::new(Metrics::new());
+    let (addr, server) = crate::metrics::spawn_server(
+        options.metrics_addr,
+        crate::metrics::routes(metrics.clone()),
+    )
+    .await
+    .map_err(|source| RunError::Metrics {
+        addr: options.metrics_addr,
+        source,
+    })?;
+    tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
+    metrics.set_ready(true);
+
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+
+    let mut leadership = None;
+    if options.leader_election {
+        let namespace = options
+            .lease_namespace
+            .clone()
+            .unwrap_or_else(|| client.default_namespace().to_string());
+        let manager =
+            kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &options.lease_name)
+                .with_namespace(&namespace)
+                .with_identity(&options.identity)
+                .with_duration(15)
+                .with_grace(5)
+                .build()
+                .await
+                .map_err(|e| {
+                    RunError::Leadership(format!(
+                        "cannot use Lease {namespace}/{}: {e}",
+                        options.lease_name
+                    ))
+                })?;
+        let (mut leader, task) = manager.watch().await;
+        tracing::info!(lease = %options.lease_name, %namespace, identity = %options.identity, "waiting to become the leader");
+        loop {
+            if *leader.borrow_and_update() {
+                break;
+            }
+            tokio::select! {
+                changed = leader.changed() => if changed.is_err() {
+                    return Err(RunError::Leadership("the lease manager stopped".into()));
+                },
+                () = &mut shutdown => {
+                    drop(leader);
+                    let _ = task.await;
+                    server.abort();
+                    return Ok(());
+                }
+            }
+        }
+        tracing::info!(identity = %options.identity, "became the leader");
+        leadership = Some((leader, task));
+    }
+
+    let reporter = Reporter {
+        controller: "cqrs-operator".into(),
+        instance: Some(options.identity.clone()),
+    };
+    let storage = Arc::new(storage::ClusterStorage::new(
+        client.clone(),
+        options.arm_endpoint.clone(),
+    ));
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        storage,
+        metrics.clone(),
+        reporter,
+    ));
+    let (apps, deployments, services): (Api<CqrsApp>, Api<Deployment>, Api<Service>) =
+        match &options.watch_namespace {
+            Some(ns) => (
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+            ),
+            None => (
+                Api::all(client.clone()),
+                Api::all(client.clone()),
+                Api::all(client.clone()),
+            ),
+        };
+    let children = watcher::Config::default().labels("app.kubernetes.io/managed-by=cqrs-operator");
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let controller = Controller::new(apps, watcher::Config::default().any_semantic())
+        .owns(deployments, children.clone())
+        // NB: a scaling change patches a worker Deployment, whose watch event reconciles the
+        // app and refreshes its status; the periodic resync catches the rest.
+        .owns(services, children)
+        .graceful_shutdown_on(async move {
+            let _ = stop_rx.await;
+        })
+        .run(reconcile::reconcile, reconcile::error_policy, ctx.clone())
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "controller event");
+            }
+        });
+    tokio::pin!(controller);
+
+    let outcome = match &mut leadership {
+        Some((leader, _)) => tokio::select! {
+            () = &mut controller => Ok(()),
+            () = &mut shutdown => Ok(()),
+            _ = lost(leader) => Err(RunError::Leadership("lost the lease; exiting so a standby takes over".into())),
+        },
+        None => tokio::select! {
+            () = &mut controller => Ok(()),
+            () = &mut shutdown => Ok(()),
+        },
+    };
+    tracing::info!("stopping: finishing running reconciliations");
+    let _ = stop_tx.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(20), &mut controller).await;
+    ctx.scalers.retain(|_| false);
+    if let Some((leader, task)) = leadership {
+        drop(leader); // releases the Lease
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    }
+    server.abort();
+    outcome
+}
+
+async fn lost(leader: &mut tokio::sync::watch::Receiver<bool>) {
+    loop {
+        if leader.changed().await.is_err() || !*leader.borrow() {
+            return;
+        }
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+    tracing::info!("shutdown signal received");
+}

@@ -1,0 +1,744 @@
+//! `reconcile` and `error_policy`: the controller's two entry points.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event as KubeEvent, EventType};
+use kube::runtime::finalizer::{Event, finalizer};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Api, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::Context;
+use super::children::{self, APP_LABEL, Owner};
+use super::scaling::{ClusterObserver, DeploymentTarget};
+use super::status::{Check, conditions, find, ready};
+use super::storage::{Connected, StorageProblem};
+use crate::Error;
+use crate::autoscale::WorkerScaling;
+use crate::crd::{CqrsApp, CqrsAppStatus, DeletionPolicy, QueueStatus, WorkerStatus, condition};
+use crate::metrics::Timer;
+use crate::plan::{self, format_rate_share};
+use crate::scaler::{Observation, rate_share};
+use crate::validate::validate_app;
+
+/// Finalizer that lets the operator clean up storage before a CqrsApp goes away.
+pub const FINALIZER: &str = "cqrs.dev/storage";
+/// Field manager of everything the reconciler applies.
+pub const FIELD_MANAGER: &str = "cqrs-operator";
+/// How often a healthy app is reconciled anyway (refreshes queue depths in its status).
+pub const RESYNC: Duration = Duration::from_secs(30);
+
+/// Reconciles one CqrsApp.
+pub async fn reconcile(app: Arc<CqrsApp>, ctx: Arc<Context>) -> Result<Action, Error> {
+    ctx.metrics.reconciliations.inc();
+    let _timer = Timer::start(&ctx.metrics.reconcile_duration);
+    let namespace = app
+        .namespace()
+        .ok_or(Error::IncompleteObject("metadata.namespace"))?;
+    let api: Api<CqrsApp> = Api::namespaced(ctx.client.clone(), &namespace);
+    let key = ObjectRef::from_obj(app.as_ref());
+    let result = finalizer(&api, FINALIZER, app, |event| async {
+        match event {
+            Event::Apply(app) => apply(&app, &ctx).await,
+            Event::Cleanup(app) => cleanup(&app, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    if result.is_ok() {
+        ctx.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key);
+    }
+    result
+}
+
+/// Requeues a failed app with a delay that doubles per consecutive failure of that app
+/// (5 s up to 5 min), so one broken app neither spins nor delays the others.
+pub fn error_policy(app: Arc<CqrsApp>, error: &Error, ctx: Arc<Context>) -> Action {
+    let key = ObjectRef::from_obj(app.as_ref());
+    let failures = {
+        let mut failures = ctx.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let n = failures.entry(key).or_insert(0);
+        *n = n.saturating_add(1);
+        *n
+    };
+    ctx.metrics
+        .reconcile_errors
+        .get_or_create(&crate::metrics::ErrorLabels {
+            reason: error.reason().into(),
+        })
+        .inc();
+    let delay = backoff(failures);
+    tracing::warn!(app = %app.name_any(), namespace = ?app.namespace(), failures, retry_in = ?delay, error = %error, "reconcile failed");
+    Action::requeue(delay)
+}
+
+/// Retry delay after `failures` consecutive failures.
+pub fn backoff(failures: u32) -> Duration {
+    let exp = failures.saturating_sub(1).min(6);
+    Duration::from_secs(5u64 << exp).min(Duration::from_secs(300))
+}
+
+async fn apply(app: &CqrsApp, ctx: &Context) -> Result<Action, Error> {
+    let owner = Owner::of(app).ok_or(Error::IncompleteObject("metadata.uid"))?;
+    if let Err(invalid) = validate_app(&owner.name, &app.spec) {
+        ctx.scalers
+            .retain(|(ns, name, _)| !(ns == &owner.namespace && name == &owner.name));
+        let message = invalid.to_string();
+        let checks = vec![
+            Check::failed(
+                condition::STORAGE_READY,
+                "InvalidSpec",
+                "not provisioned: the spec is invalid",
+            ),
+            Check::failed(
+                condition::WEB_READY,
+                "InvalidSpec",
+                "not deployed: the spec is invalid",
+            ),
+            Check::failed(
+                condition::WORKERS_READY,
+                "InvalidSpec",
+                "not deployed: the spec is invalid",
+            ),
+        ];
+        let status = CqrsAppStatus {
+            conditions: all_conditions(
+                app,
+                checks,
+                Some(Check::failed(
+                    condition::READY,
+                    "InvalidSpec",
+                    message.clone(),
+                )),
+            ),
+            ..app.status.clone().unwrap_or_default()
+        };
+        warn_on_change(app, ctx, "InvalidSpec", &message).await;
+        patch_status(app, ctx, status).await?;
+        return Ok(Action::await_change());
+    }
+
+    let connected = match connect_and_provision(app, ctx).await {
+        Ok(c) => c,
+        Err(problem) => {
+            ctx.scalers
+                .retain(|(ns, name, _)| !(ns == &owner.namespace && name == &owner.name));
+            let checks = vec![Check::failed(
+                condition::STORAGE_READY,
+                problem.reason,
+                problem.message.clone(),
+            )];
+            let status = CqrsAppStatus {
+                conditions: all_conditions(app, checks, None),
+                ..app.status.clone().unwrap_or_default()
+            };
+            warn_on_change(app, ctx, problem.reason, &problem.message).await;
+            patch_status(app, ctx, status).await?;
+            return Err(Error::Storage(problem));
+        }
+    };
+
+    let web = apply_children(app, ctx, &owner, &connected).await?;
+    run_scalers(app, ctx, &owner, &connected);
+    let status = compute_status(app, ctx, &owner, &connected, web).await;
+    if find(app.status.as_ref(), condition::READY).is_some_and(|c| c.status != "True")
+        && status_ready(&status)
+    {
+        publish(
+            ctx,
+            app,
+            EventType::Normal,
+            "Ready",
+            "storage, web and workers are ready".into(),
+        )
+        .await;
+    }
+    patch_status(app, ctx, status).await?;
+    Ok(Action::requeue(RESYNC))
+}
+
+fn status_ready(status: &CqrsAppStatus) -> bool {
+    status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == condition::READY && c.status == "True")
+}
+
+/// Connects to the app's storage and creates what is missing.
+async fn connect_and_provision(app: &CqrsApp, ctx: &Context) -> Result<Connected, StorageProblem> {
+    let connected = ctx.storage.connect(app).await?;
+    let owner_id = format!("{}-{}", app.namespace().unwrap_or_default(), app.name_any());
+    let plan = plan::storage_plan(&owner_id, &app.spec);
+    // NB: CORS rules are read-modify-written per account; serialize apps sharing one.
+    let lock = ctx.account_lock(&connected.probe_id);
+    let report = {
+        let _guard = lock.lock().await;
+        connected.provisioner.provision(&plan).await
+    }
+    .map_err(|e| {
+        let reason = if matches!(e, cqrs_storage::Error::AccountProvisioning { .. }) {
+            "AccountProvisioning"
+        } else {
+            "ProvisionFailed"
+        };
+        StorageProblem {
+            reason,
+            message: e.to_string(),
+        }
+    })?;
+    if !report.created.is_empty() || report.cors_updated {
+        let mut what = report.created.clone();
+        if report.cors_updated {
+            what.push("blob-service CORS rule".into());
+        }
+        publish(
+            ctx,
+            app,
+            EventType::Normal,
+            "Provisioned",
+            format!("created or updated: {}", what.join(", ")),
+        )
+        .await;
+    }
+    ctx.connections
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(ObjectRef::from_obj(app), connected.clone());
+    Ok(connected)
+}
+
+/// Applies every child and deletes the ones the spec no longer asks for. Returns the web
+/// Deployment as the API server answered (with its status), if there is a web role.
+async fn apply_children(
+    app: &CqrsApp,
+    ctx: &Context,
+    owner: &Owner,
+    connected: &Connected,
+) -> Result<Option<Deployment>, Error> {
+    let ns = &owner.namespace;
+    let client = &ctx.client;
+    apply_object(client, ns, &children::service_account(owner, &app.spec)).await?;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let mut keep_deployments = BTreeSet::new();
+    let mut keep_configmaps = BTreeSet::new();
+    for worker in &app.spec.workers {
+        let name = children::worker_name(&owner.name, &worker.name);
+        let replicas = desired_replicas(ctx, owner, &deployments, &name, worker).await;
+        if worker.max_messages_per_second.is_some() {
+            let cm = children::rate_configmap(
+                owner,
+                worker,
+                rate_share(worker.max_messages_per_second, replicas),
+            );
+            keep_configmaps.insert(children::rate_configmap_name(&owner.name, &worker.name));
+            apply_object(client, ns, &cm).await?;
+        }
+        apply_object(
+            client,
+            ns,
+            &children::worker_deployment(owner, &app.spec, worker, &connected.access, replicas),
+        )
+        .await?;
+        keep_deployments.insert(name);
+    }
+    let mut web = None;
+    let mut keep_services = BTreeSet::new();
+    if let (Some(deployment), Some(service)) = (
+        children::web_deployment(owner, &app.spec, &connected.access),
+        children::web_service(owner, &app.spec),
+    ) {
+        keep_deployments.insert(children::web_name(&owner.name));
+        keep_services.insert(children::web_name(&owner.name));
+        web = Some(apply_object(client, ns, &deployment).await?);
+        apply_object(client, ns, &service).await?;
+    }
+    prune::<Deployment>(ctx, owner, &keep_deployments).await?;
+    prune::<Service>(ctx, owner, &keep_services).await?;
+    prune::<ConfigMap>(ctx, owner, &keep_configmaps).await?;
+    Ok(web)
+}
+
+/// The replicas a worker Deployment is applied with: the scaler's latest decision, else what
+/// the Deployment has now, else `minReplicas`; always within the current range.
+async fn desired_replicas(
+    ctx: &Context,
+    owner: &Owner,
+    deployments: &Api<Deployment>,
+    name: &str,
+    worker: &crate::crd::WorkerSpec,
+) -> i32 {
+    let key = (
+        owner.namespace.clone(),
+        owner.name.clone(),
+        worker.name.clone(),
+    );
+    let from_scaler = ctx.scalers.state(&key).and_then(|s| s.desired);
+    let current = match from_scaler {
+        Some(n) => Some(n),
+        None => deployments
+            .get_opt(name)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|d| d.spec.and_then(|s| s.replicas)),
+    };
+    current
+        .unwrap_or(worker.scaling.min_replicas)
+        .clamp(worker.scaling.min_replicas, worker.scaling.max_replicas)
+}
+
+async fn apply_object<K>(client: &kube::Client, namespace: &str, object: &K) -> Result<K, Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + Serialize
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
+    let name = object.meta().name.clone().unwrap_or_default();
+    api.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(object),
+    )
+    .await
+    .map_err(|source| Error::ApplyChild {
+        kind: K::kind(&()).to_string(),
+        name,
+        source,
+    })
+}
+
+/// Deletes children of `owner` of kind `K` whose names are not in `keep`.
+async fn prune<K>(ctx: &Context, owner: &Owner, keep: &BTreeSet<String>) -> Result<(), Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &owner.namespace);
+    let list = api
+        .list_metadata(&ListParams::default().labels(&format!("{APP_LABEL}={}", owner.name)))
+        .await
+        .map_err(|source| Error::PruneChildren {
+            kind: K::kind(&()).to_string(),
+            source,
+        })?;
+    for item in list.items {
+        let name = item.metadata.name.clone().unwrap_or_default();
+        let ours = item
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|r| r.uid == owner.reference.uid);
+        if ours && !keep.contains(&name) {
+            tracing::info!(kind = %K::kind(&()), %name, namespace = %owner.namespace, "deleting a child the spec no longer asks for");
+            match api.delete(&name, &DeleteParams::background()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(status)) if status.code == 404 => {}
+                Err(source) => {
+                    return Err(Error::PruneChildren {
+                        kind: K::kind(&()).to_string(),
+                        source,
+                    });
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Starts or updates the probe loop of every worker role; stops loops of removed roles.
+fn run_scalers(app: &CqrsApp, ctx: &Context, owner: &Owner, connected: &Connected) {
+    for worker in &app.spec.workers {
+        let key = (
+            owner.namespace.clone(),
+            owner.name.clone(),
+            worker.name.clone(),
+        );
+        let settings = WorkerScaling {
+            worker: worker.name.clone(),
+            queue: worker.queue.clone(),
+            scaling: worker.scaling.clone(),
+            max_messages_per_second: worker.max_messages_per_second,
+        };
+        let client = ctx.client.clone();
+        let ns = owner.namespace.clone();
+        let deployment = children::worker_name(&owner.name, &worker.name);
+        let rate_cm = worker
+            .max_messages_per_second
+            .map(|_| children::rate_configmap_name(&owner.name, &worker.name));
+        let observer = Arc::new(ClusterObserver::new(
+            app,
+            ctx.recorder.clone(),
+            ctx.metrics.clone(),
+        ));
+        ctx.scalers.ensure(
+            key,
+            settings,
+            &connected.probe_id,
+            connected.probe.clone(),
+            move || Arc::new(DeploymentTarget::new(client, &ns, deployment, rate_cm)),
+            observer,
+        );
+    }
+    let workers: BTreeSet<&str> = app.spec.workers.iter().map(|w| w.name.as_str()).collect();
+    ctx.scalers.retain(|(ns, name, worker)| {
+        !(ns == &owner.namespace && name == &owner.name) || workers.contains(worker.as_str())
+    });
+}
+
+async fn compute_status(
+    app: &CqrsApp,
+    ctx: &Context,
+    owner: &Owner,
+    connected: &Connected,
+    web: Option<Deployment>,
+) -> CqrsAppStatus {
+    let mut workers = Vec::new();
+    let mut worker_problems = Vec::new();
+    let mut queue_from_ticks = std::collections::BTreeMap::new();
+    for worker in &app.spec.workers {
+        let state = ctx
+            .scalers
+            .state(&(
+                owner.namespace.clone(),
+                owner.name.clone(),
+                worker.name.clone(),
+            ))
+            .unwrap_or_default();
+        let tick = state.last_tick.as_ref();
+        if let Some(tick) = tick {
+            match (&tick.observation, &tick.error) {
+                (Observation::Unreadable(why), _) => worker_problems.push(format!(
+                    "{}: queue {} cannot be read ({why}); holding replicas",
+                    worker.name, worker.queue
+                )),
+                (_, Some(e)) => worker_problems.push(format!("{}: {e}", worker.name)),
+                _ => {}
+            }
+            if let Observation::Depth(depth) = &tick.observation {
+                queue_from_ticks.insert(worker.queue.clone(), (*depth, tick.at));
+            }
+        }
+        let current = tick.and_then(|t| t.current).unwrap_or(0);
+        let desired = state.desired.unwrap_or(current);
+        workers.push(WorkerStatus {
+            name: worker.name.clone(),
+            current_replicas: current,
+            desired_replicas: desired,
+            last_scale_time: state.last_scale.as_ref().map(|(at, _)| to_time(*at)),
+            last_scale_reason: state.last_scale.as_ref().map(|(_, reason)| reason.clone()),
+            rate_share_per_replica: tick
+                .and_then(|t| t.rate_share)
+                .map(|s| format_rate_share(Some(s))),
+        });
+    }
+    let mut queues = Vec::new();
+    for queue in &app.spec.queues {
+        let mut status = QueueStatus {
+            name: queue.name.clone(),
+            ..Default::default()
+        };
+        let (depth, at) = match queue_from_ticks.get(&queue.name) {
+            Some((depth, at)) => (Ok(*depth), *at),
+            None => (
+                connected.probe.queue_depth(&queue.name).await,
+                SystemTime::now(),
+            ),
+        };
+        match depth {
+            Ok(depth) => {
+                status.approximate_message_count = i64::try_from(depth.approximate).ok();
+                status.visible_message_count = depth.visible.and_then(|v| i64::try_from(v).ok());
+            }
+            Err(e) => status.probe_error = Some(e.to_string()),
+        }
+        status.last_probe_time = Some(to_time(at));
+        queues.push(status);
+    }
+
+    let storage = Check::ok(
+        condition::STORAGE_READY,
+        "Provisioned",
+        format!(
+            "{} queue(s) with poison queues and {} container(s) exist",
+            app.spec.queues.len(),
+            app.spec.containers.len()
+        ),
+    );
+    let web_check = match (&app.spec.web, &web) {
+        (None, _) => Check::ok(condition::WEB_READY, "NoWebRole", "the app has no web role"),
+        (Some(spec), Some(d)) => {
+            let available = d
+                .status
+                .as_ref()
+                .and_then(|s| s.available_replicas)
+                .unwrap_or(0);
+            if available >= spec.replicas {
+                Check::ok(
+                    condition::WEB_READY,
+                    "Available",
+                    format!("{available}/{} web replica(s) available", spec.replicas),
+                )
+            } else {
+                Check::failed(
+                    condition::WEB_READY,
+                    "ReplicasUnavailable",
+                    format!("{available}/{} web replica(s) available", spec.replicas),
+                )
+            }
+        }
+        (Some(_), None) => Check::failed(
+            condition::WEB_READY,
+            "NotDeployed",
+            "the web Deployment was not applied",
+        ),
+    };
+    let workers_check = if worker_problems.is_empty() {
+        Check::ok(
+            condition::WORKERS_READY,
+            "Scaling",
+            format!(
+                "{} worker role(s) deployed and scaling on their queues",
+                app.spec.workers.len()
+            ),
+        )
+    } else {
+        Check::failed(
+            condition::WORKERS_READY,
+            "ScalingHeld",
+            worker_problems.join("; "),
+        )
+    };
+    let total = queues
+        .iter()
+        .filter_map(|q| q.approximate_message_count)
+        .sum::<i64>();
+    let (current, desired) = workers.iter().fold((0, 0), |(c, d), w| {
+        (c + w.current_replicas, d + w.desired_replicas)
+    });
+    CqrsAppStatus {
+        observed_generation: app.metadata.generation,
+        conditions: all_conditions(app, vec![storage, web_check, workers_check], None),
+        queues,
+        workers,
+        web_endpoint: app.spec.web.as_ref().map(|w| {
+            format!(
+                "http://{}.{}.svc:{}",
+                children::web_name(&owner.name),
+                owner.namespace,
+                w.service.port
+            )
+        }),
+        total_queue_depth: Some(total),
+        workers_summary: Some(format!("{current}/{desired}")),
+    }
+}
+
+/// All four conditions: `checks` for the ones given, `Unknown`-as-false placeholders for the
+/// rest, and `Ready` derived from them (or `ready_override`).
+fn all_conditions(
+    app: &CqrsApp,
+    mut checks: Vec<Check>,
+    ready_override: Option<Check>,
+) -> Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    for type_ in [
+        condition::STORAGE_READY,
+        condition::WEB_READY,
+        condition::WORKERS_READY,
+    ] {
+        if !checks.iter().any(|c| c.type_ == type_) {
+            checks.push(Check::failed(type_, "Pending", "waiting for storage"));
+        }
+    }
+    let ready = ready_override.unwrap_or_else(|| ready(&checks));
+    checks.insert(0, ready);
+    let previous = app
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    conditions(previous, &checks, app.metadata.generation, Timestamp::now())
+}
+
+fn to_time(at: SystemTime) -> Time {
+    Time(Timestamp::try_from(at).unwrap_or_else(|_| Timestamp::now()))
+}
+
+async fn patch_status(
+    app: &CqrsApp,
+    ctx: &Context,
+    mut status: CqrsAppStatus,
+) -> Result<(), Error> {
+    status.observed_generation = app.metadata.generation;
+    if app.status.as_ref() == Some(&status) {
+        return Ok(());
+    }
+    let api: Api<CqrsApp> =
+        Api::namespaced(ctx.client.clone(), &app.namespace().unwrap_or_default());
+    let patch = serde_json::json!({ "apiVersion": "cqrs.dev/v1alpha1", "kind": "CqrsApp", "status": status });
+    api.patch_status(
+        &app.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(Error::PatchStatus)?;
+    Ok(())
+}
+
+/// Publishes a Warning event when `Ready` changes to (or within) a failure with a new reason
+/// or message: events only when something changes.
+async fn warn_on_change(app: &CqrsApp, ctx: &Context, reason: &str, message: &str) {
+    let previous = find(app.status.as_ref(), condition::READY);
+    let same = previous
+        .is_some_and(|c| c.status == "False" && c.reason == reason && c.message.contains(message));
+    if !same {
+        publish(ctx, app, EventType::Warning, reason, message.to_string()).await;
+    }
+}
+
+async fn publish(ctx: &Context, app: &CqrsApp, type_: EventType, reason: &str, note: String) {
+    let event = KubeEvent {
+        type_,
+        reason: reason.into(),
+        note: Some(truncate(note)),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &app.object_ref(&())).await {
+        tracing::warn!(error = %e, "cannot publish event");
+    }
+}
+
+fn truncate(mut note: String) -> String {
+    if note.len() > 1000 {
+        let mut end = 1000;
+        while !note.is_char_boundary(end) {
+            end -= 1;
+        }
+        note.truncate(end);
+    }
+    note
+}
+
+/// Removes the app's storage when its policy says so, and stops its loops.
+async fn cleanup(app: &CqrsApp, ctx: &Context) -> Result<Action, Error> {
+    let namespace = app.namespace().unwrap_or_default();
+    let name = app.name_any();
+    ctx.scalers
+        .retain(|(ns, n, _)| !(ns == &namespace && n == &name));
+    let queues: Vec<String> = app.spec.queues.iter().map(|q| q.name.clone()).collect();
+    let workers: Vec<String> = app.spec.workers.iter().map(|w| w.name.clone()).collect();
+    ctx.metrics.forget(&namespace, &name, &queues, &workers);
+    let key = ObjectRef::from_obj(app);
+    if app.spec.deletion_policy == DeletionPolicy::Retain {
+        publish(
+            ctx,
+            app,
+            EventType::Normal,
+            "StorageRetained",
+            "deletionPolicy Retain: queues and containers are kept".into(),
+        )
+        .await;
+        ctx.connections
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key);
+        return Ok(Action::await_change());
+    }
+    if validate_app(&name, &app.spec).is_err() {
+        publish(
+            ctx,
+            app,
+            EventType::Warning,
+            "StorageNotDeleted",
+            "the spec is invalid, so the storage it names is left in place".into(),
+        )
+        .await;
+        return Ok(Action::await_change());
+    }
+    // NB: if the connection Secret is already gone (namespace deletion removes it too), use
+    // the connection this operator last made for the app.
+    let connected = match ctx.storage.connect(app).await {
+        Ok(c) => c,
+        Err(problem) => {
+            let cached = ctx
+                .connections
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&key)
+                .cloned();
+            match cached {
+                Some(c) => c,
+                None if problem.reason == "SecretNotFound" => {
+                    publish(
+                        ctx,
+                        app,
+                        EventType::Warning,
+                        "StorageNotDeleted",
+                        format!(
+                            "{}; the queues and containers are left in place",
+                            problem.message
+                        ),
+                    )
+                    .await;
+                    return Ok(Action::await_change());
+                }
+                None => return Err(Error::DeleteStorage(problem)),
+            }
+        }
+    };
+    let plan = plan::storage_plan(&format!("{namespace}-{name}"), &app.spec);
+    let lock = ctx.account_lock(&connected.probe_id);
+    let result = {
+        let _guard = lock.lock().await;
+        connected.provisioner.deprovision(&plan).await
+    };
+    if let Err(e) = result {
+        publish(
+            ctx,
+            app,
+            EventType::Warning,
+            "DeleteStorageFailed",
+            e.to_string(),
+        )
+        .await;
+        return Err(Error::DeleteStorage(StorageProblem {
+            reason: "DeleteStorageFailed",
+            message: e.to_string(),
+        }));
+    }
+    publish(
+        ctx,
+        app,
+        EventType::Normal,
+        "StorageDeleted",
+        format!(
+            "deletionPolicy Delete: deleted queues {:?} (with poison queues) and containers {:?}",
+            plan.queues, plan.containers
+        ),
+    )
+    .await;
+    ctx.connections
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&key);
+    Ok(Action::await_change())
+}

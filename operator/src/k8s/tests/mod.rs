@@ -1,0 +1,665 @@
+//! Reconcile scenarios against the in-memory API ([`fake_api`]) with an in-memory storage
+//! connector, and the probe loop against a real Azurite queue.
+
+mod fake_api;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use cqrs_storage::queues::Ensured;
+use cqrs_storage::{BlobCorsRule, Provisioner, QueueDepth, QueueProbe};
+use kube::runtime::controller::Action;
+use kube::runtime::events::Reporter;
+use serde_json::{Value, json};
+
+use super::Context;
+use super::reconcile::{FINALIZER, RESYNC, error_policy, reconcile};
+use super::storage::{Connected, StorageConnector, StorageProblem};
+use crate::crd::{CqrsApp, DeletionPolicy, SecretKeyRef};
+use crate::metrics::Metrics;
+use crate::plan::StorageAccess;
+use crate::testing::app;
+use fake_api::FakeApi;
+
+const APP_PATH: &str = "/apis/cqrs.dev/v1alpha1/namespaces/shop/cqrsapps/pieshop";
+const APP_UID: &str = "4f1c2a8e-0000-4000-8000-000000000001";
+
+/// Storage in memory: records provisioning calls, answers probes with a set depth.
+#[derive(Default)]
+struct FakeStorage {
+    calls: Mutex<Vec<String>>,
+    connect_problem: Mutex<Option<StorageProblem>>,
+    fail_deprovision: AtomicBool,
+    depth: AtomicU64,
+}
+
+impl FakeStorage {
+    fn calls(&self) -> Vec<String> {
+        self.calls.lock().unwrap().clone()
+    }
+}
+
+struct FakeProvisioner(Arc<FakeStorage>);
+
+#[async_trait]
+impl Provisioner for FakeProvisioner {
+    async fn ensure_queue(&self, name: &str) -> Result<Ensured, cqrs_storage::Error> {
+        self.0
+            .calls
+            .lock()
+            .unwrap()
+            .push(format!("ensure queue {name}"));
+        Ok(Ensured::Created)
+    }
+    async fn ensure_container(&self, name: &str) -> Result<Ensured, cqrs_storage::Error> {
+        self.0
+            .calls
+            .lock()
+            .unwrap()
+            .push(format!("ensure container {name}"));
+        Ok(Ensured::Existed)
+    }
+    async fn ensure_blob_cors(
+        &self,
+        owner: &str,
+        rules: &[BlobCorsRule],
+    ) -> Result<bool, cqrs_storage::Error> {
+        self.0
+            .calls
+            .lock()
+            .unwrap()
+            .push(format!("cors {owner} {}", rules.len()));
+        Ok(false)
+    }
+    async fn delete_queue(&self, name: &str) -> Result<bool, cqrs_storage::Error> {
+        if self.0.fail_deprovision.load(Ordering::SeqCst) {
+            return Err(cqrs_storage::Error::Arm {
+                action: "delete queue",
+                resource: name.into(),
+                message: "HTTP 503 ServerBusy".into(),
+            });
+        }
+        self.0
+            .calls
+            .lock()
+            .unwrap()
+            .push(format!("delete queue {name}"));
+        Ok(true)
+    }
+    async fn delete_container(&self, name: &str) -> Result<bool, cqrs_storage::Error> {
+        self.0
+            .calls
+            .lock()
+            .unwrap()
+            .push(format!("delete container {name}"));
+        Ok(true)
+    }
+}
+
+#[async_trait]
+impl QueueProbe for FakeProvisioner {
+    async fn queue_depth(&self, _: &str) -> Result<QueueDepth, cqrs_storage::Error> {
+        let n = self.0.depth.load(Ordering::SeqCst);
+        Ok(QueueDepth {
+            approximate: n,
+            visible: Some(n),
+        })
+    }
+}
+
+struct FakeConnector(Arc<FakeStorage>);
+
+#[async_trait]
+impl StorageConnector for FakeConnector {
+    async fn connect(&self, _: &CqrsApp) -> Result<Connected, StorageProblem> {
+        if let Some(problem) = self.0.connect_problem.lock().unwrap().clone() {
+            return Err(problem);
+        }
+        let fake = Arc::new(FakeProvisioner(self.0.clone()));
+        Ok(Connected {
+            provisioner: fake.clone(),
+            probe: fake,
+            probe_id: "fake".into(),
+            access: StorageAccess::SecretRef(SecretKeyRef {
+                name: "pieshop-storage".into(),
+                key: "connectionString".into(),
+            }),
+        })
+    }
+}
+
+struct Scenario {
+    api: FakeApi,
+    storage: Arc<FakeStorage>,
+    ctx: Arc<Context>,
+}
+
+fn scenario() -> Scenario {
+    let (client, api) = FakeApi::start();
+    let storage = Arc::new(FakeStorage::default());
+    let reporter = Reporter {
+        controller: "cqrs-operator".into(),
+        instance: Some("test".into()),
+    };
+    let ctx = Context::new(
+        client,
+        Arc::new(FakeConnector(storage.clone())),
+        Arc::new(Metrics::new()),
+        reporter,
+    );
+    Scenario {
+        api,
+        storage,
+        ctx: Arc::new(ctx),
+    }
+}
+
+/// The fixture app as stored: with the finalizer already added.
+fn stored_app() -> CqrsApp {
+    let mut a = app();
+    a.metadata.finalizers = Some(vec![FINALIZER.into()]);
+    a
+}
+
+impl Scenario {
+    async fn reconcile(&self, app: CqrsApp) -> Result<Action, crate::Error> {
+        self.api.put(APP_PATH, serde_json::to_value(&app).unwrap());
+        reconcile(Arc::new(app), self.ctx.clone()).await
+    }
+
+    fn object(&self, path: &str) -> Value {
+        self.api
+            .get(path)
+            .unwrap_or_else(|| panic!("{path} was not written"))
+    }
+
+    /// Calls other than the probe loops' scale reads/writes (they run concurrently).
+    fn lines(&self) -> Vec<String> {
+        self.api
+            .call_lines()
+            .into_iter()
+            .filter(|l| !l.ends_with("/scale"))
+            .collect()
+    }
+}
+
+fn env(deployment: &Value) -> Vec<Value> {
+    deployment
+        .pointer("/spec/template/spec/containers/0/env")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap()
+}
+
+fn env_value(deployment: &Value, name: &str) -> Option<String> {
+    env(deployment)
+        .iter()
+        .find(|e| e["name"] == name)
+        .and_then(|e| e["value"].as_str().map(String::from))
+}
+
+fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
+    status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == type_)
+        .unwrap()
+}
+
+#[tokio::test]
+async fn creates_children_owned_by_the_app_with_the_environment_contract() {
+    let s = scenario();
+    s.storage.depth.store(7, Ordering::SeqCst);
+    let action = s.reconcile(stored_app()).await.unwrap();
+    assert_eq!(action, Action::requeue(RESYNC));
+
+    assert_eq!(
+        s.lines(),
+        [
+            "PATCH /api/v1/namespaces/shop/serviceaccounts/pieshop",
+            "GET /apis/apps/v1/namespaces/shop/deployments/pieshop-registrar",
+            "PATCH /apis/apps/v1/namespaces/shop/deployments/pieshop-registrar",
+            "GET /apis/apps/v1/namespaces/shop/deployments/pieshop-stocker",
+            "PATCH /apis/apps/v1/namespaces/shop/deployments/pieshop-stocker",
+            "PATCH /apis/apps/v1/namespaces/shop/deployments/pieshop-web",
+            "PATCH /api/v1/namespaces/shop/services/pieshop-web",
+            "GET /apis/apps/v1/namespaces/shop/deployments",
+            "GET /api/v1/namespaces/shop/services",
+            "GET /api/v1/namespaces/shop/configmaps",
+            "PATCH /apis/cqrs.dev/v1alpha1/namespaces/shop/cqrsapps/pieshop/status",
+        ]
+    );
+    for call in s
+        .api
+        .calls()
+        .iter()
+        .filter(|c| c.method == "PATCH" && !c.path.ends_with("/scale"))
+    {
+        assert_eq!(
+            call.content_type,
+            "application/apply-patch+yaml",
+            "{}",
+            call.line()
+        );
+        assert!(
+            call.query.contains("fieldManager=cqrs-operator") && call.query.contains("force=true"),
+            "{}: {}",
+            call.line(),
+            call.query
+        );
+    }
+
+    let registrar = s.object("/apis/apps/v1/namespaces/shop/deployments/pieshop-registrar");
+    assert_eq!(registrar["metadata"]["ownerReferences"][0]["uid"], APP_UID);
+    assert_eq!(
+        registrar["metadata"]["ownerReferences"][0]["controller"],
+        true
+    );
+    assert_eq!(
+        registrar["spec"]["replicas"], 0,
+        "a new worker starts at minReplicas"
+    );
+    assert_eq!(
+        env_value(&registrar, "CQRS_QUEUE").as_deref(),
+        Some("registrations")
+    );
+    assert_eq!(
+        env_value(&registrar, "CQRS_POISON_QUEUE").as_deref(),
+        Some("registrations-poison")
+    );
+    let cs = env(&registrar)
+        .into_iter()
+        .find(|e| e["name"] == "CQRS_STORAGE_CONNECTION_STRING")
+        .unwrap();
+    assert_eq!(
+        cs["valueFrom"]["secretKeyRef"],
+        json!({"name": "pieshop-storage", "key": "connectionString", "optional": false})
+    );
+    let web = s.object("/apis/apps/v1/namespaces/shop/deployments/pieshop-web");
+    assert_eq!(env_value(&web, "CQRS_ROLE").as_deref(), Some("web"));
+    assert_eq!(env_value(&web, "SCANNER_KEY").as_deref(), Some("k"));
+    assert_eq!(
+        s.object("/api/v1/namespaces/shop/services/pieshop-web")["metadata"]["ownerReferences"][0]
+            ["uid"],
+        APP_UID
+    );
+
+    assert_eq!(
+        s.storage.calls(),
+        [
+            "ensure queue registrations",
+            "ensure queue registrations-poison",
+            "ensure queue inventory",
+            "ensure queue inventory-poison",
+            "ensure container results",
+            "ensure container readmodels",
+            "cors shop-pieshop 1",
+        ]
+    );
+    let events = s.api.events();
+    assert!(
+        events.iter().any(|(t, r, note)| t == "Normal"
+            && r == "Provisioned"
+            && note.contains("queue/registrations-poison")),
+        "{events:?}"
+    );
+
+    let status = &s.object(APP_PATH)["status"];
+    assert_eq!(status["observedGeneration"], 1);
+    assert_eq!(condition(status, "Ready")["status"], "True");
+    assert_eq!(condition(status, "StorageReady")["reason"], "Provisioned");
+    assert_eq!(
+        condition(status, "WebReady")["message"],
+        "1/1 web replica(s) available"
+    );
+    assert_eq!(status["webEndpoint"], "http://pieshop-web.shop.svc:80");
+    assert_eq!(status["queues"][0]["name"], "registrations");
+    assert_eq!(status["queues"][0]["approximateMessageCount"], 7);
+    assert_eq!(status["totalQueueDepth"], 14);
+    assert_eq!(status["workers"].as_array().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn a_second_pass_writes_the_same_objects_and_no_new_events() {
+    let s = scenario();
+    s.reconcile(stored_app()).await.unwrap();
+    let mut app = stored_app();
+    app.status = serde_json::from_value(s.object(APP_PATH)["status"].clone()).unwrap();
+    let before = s.api.events().len();
+    s.reconcile(app).await.unwrap();
+    let new_events: Vec<_> = s.api.events().into_iter().skip(before).collect();
+    assert!(
+        new_events
+            .iter()
+            .all(|(_, r, _)| r != "Ready" && r != "InvalidSpec"),
+        "{new_events:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_invalid_spec_gets_a_condition_and_an_event_and_nothing_is_created() {
+    let s = scenario();
+    let mut app = stored_app();
+    app.spec.workers[0].queue = "orders".into();
+    let action = s.reconcile(app).await.unwrap();
+    assert_eq!(action, Action::await_change());
+    assert_eq!(
+        s.lines(),
+        ["PATCH /apis/cqrs.dev/v1alpha1/namespaces/shop/cqrsapps/pieshop/status"]
+    );
+    assert!(s.storage.calls().is_empty(), "no storage is touched");
+    let status = &s.object(APP_PATH)["status"];
+    let ready = condition(status, "Ready");
+    assert_eq!(ready["status"], "False");
+    assert_eq!(ready["reason"], "InvalidSpec");
+    assert!(
+        ready["message"]
+            .as_str()
+            .unwrap()
+            .contains("spec.workers[0].queue: \"orders\" is not one of spec.queues[].name"),
+        "{ready}"
+    );
+    let events = s.api.events();
+    assert_eq!(events.len(), 1);
+    assert_eq!(
+        (events[0].0.as_str(), events[0].1.as_str()),
+        ("Warning", "InvalidSpec")
+    );
+    assert!(events[0].2.contains("spec.workers[0].queue"));
+}
+
+#[tokio::test]
+async fn an_unchanged_invalid_spec_does_not_repeat_its_event() {
+    let s = scenario();
+    let mut app = stored_app();
+    app.spec.workers[0].queue = "orders".into();
+    s.reconcile(app.clone()).await.unwrap();
+    app.status = serde_json::from_value(s.object(APP_PATH)["status"].clone()).unwrap();
+    s.reconcile(app).await.unwrap();
+    assert_eq!(s.api.events().len(), 1);
+}
+
+#[tokio::test]
+async fn a_missing_secret_is_reported_and_retried_with_growing_backoff() {
+    let s = scenario();
+    *s.storage.connect_problem.lock().unwrap() = Some(StorageProblem {
+        reason: "SecretNotFound",
+        message: "Secret shop/pieshop-storage (spec.storage.connectionSecretRef) does not exist"
+            .into(),
+    });
+    let app = stored_app();
+    let err = s.reconcile(app.clone()).await.unwrap_err();
+    assert_eq!(err.reason(), "SecretNotFound");
+    let status = &s.object(APP_PATH)["status"];
+    assert_eq!(
+        condition(status, "StorageReady")["reason"],
+        "SecretNotFound"
+    );
+    assert_eq!(condition(status, "Ready")["status"], "False");
+    assert!(
+        s.lines().iter().all(|l| !l.contains("deployments")),
+        "no roles without storage"
+    );
+    assert!(
+        s.api
+            .events()
+            .iter()
+            .any(|(t, r, _)| t == "Warning" && r == "SecretNotFound")
+    );
+
+    let app = Arc::new(app);
+    assert_eq!(
+        error_policy(app.clone(), &err, s.ctx.clone()),
+        Action::requeue(Duration::from_secs(5))
+    );
+    assert_eq!(
+        error_policy(app.clone(), &err, s.ctx.clone()),
+        Action::requeue(Duration::from_secs(10))
+    );
+    assert_eq!(
+        error_policy(app, &err, s.ctx.clone()),
+        Action::requeue(Duration::from_secs(20))
+    );
+    let metrics = s.ctx.metrics.encode();
+    assert!(
+        metrics.contains(r#"cqrs_reconcile_errors_total{reason="SecretNotFound"} 3"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_new_app_first_gets_the_finalizer() {
+    let s = scenario();
+    let action = s.reconcile(app()).await.unwrap();
+    assert_eq!(action, Action::await_change());
+    let calls = s.api.calls();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].line(), format!("PATCH {APP_PATH}"));
+    assert!(calls[0].content_type.starts_with("application/json-patch"));
+    assert_eq!(
+        s.object(APP_PATH)["metadata"]["finalizers"],
+        json!([FINALIZER])
+    );
+    assert!(s.storage.calls().is_empty());
+}
+
+fn deleted(policy: DeletionPolicy) -> CqrsApp {
+    let mut a = stored_app();
+    a.spec.deletion_policy = policy;
+    a.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        k8s_openapi::jiff::Timestamp::now(),
+    ));
+    a
+}
+
+#[tokio::test]
+async fn deleting_with_retain_keeps_the_storage() {
+    let s = scenario();
+    s.reconcile(deleted(DeletionPolicy::Retain)).await.unwrap();
+    assert!(s.storage.calls().is_empty(), "{:?}", s.storage.calls());
+    assert_eq!(
+        s.object(APP_PATH)["metadata"]["finalizers"],
+        json!([]),
+        "the finalizer is removed"
+    );
+    assert!(
+        s.api
+            .events()
+            .iter()
+            .any(|(_, r, _)| r == "StorageRetained")
+    );
+}
+
+#[tokio::test]
+async fn deleting_with_delete_removes_queues_poison_queues_and_containers() {
+    let s = scenario();
+    s.reconcile(deleted(DeletionPolicy::Delete)).await.unwrap();
+    assert_eq!(
+        s.storage.calls(),
+        [
+            "delete queue registrations",
+            "delete queue registrations-poison",
+            "delete queue inventory",
+            "delete queue inventory-poison",
+            "delete container results",
+            "delete container readmodels",
+            "cors shop-pieshop 0",
+        ]
+    );
+    assert_eq!(s.object(APP_PATH)["metadata"]["finalizers"], json!([]));
+    assert!(s.api.events().iter().any(|(_, r, _)| r == "StorageDeleted"));
+}
+
+#[tokio::test]
+async fn a_storage_error_during_cleanup_is_retried_not_swallowed() {
+    let s = scenario();
+    s.storage.fail_deprovision.store(true, Ordering::SeqCst);
+    let err = s
+        .reconcile(deleted(DeletionPolicy::Delete))
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason(), "DeleteStorageFailed");
+    assert_eq!(
+        s.object(APP_PATH)["metadata"]["finalizers"],
+        json!([FINALIZER]),
+        "the finalizer stays until storage is gone"
+    );
+    assert!(s.api.events().iter().any(|(t, r, note)| t == "Warning"
+        && r == "DeleteStorageFailed"
+        && note.contains("ServerBusy")));
+
+    s.storage.fail_deprovision.store(false, Ordering::SeqCst);
+    s.reconcile(deleted(DeletionPolicy::Delete)).await.unwrap();
+    assert_eq!(s.object(APP_PATH)["metadata"]["finalizers"], json!([]));
+}
+
+#[tokio::test]
+async fn children_the_spec_no_longer_asks_for_are_deleted() {
+    let s = scenario();
+    let stale = json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "pieshop-retired", "namespace": "shop", "uid": "u1",
+            "labels": {"cqrs.dev/app": "pieshop"},
+            "ownerReferences": [{"apiVersion": "cqrs.dev/v1alpha1", "kind": "CqrsApp", "name": "pieshop", "uid": APP_UID, "controller": true}]}
+    });
+    let foreign = json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "pieshop-by-hand", "namespace": "shop", "uid": "u2", "labels": {"cqrs.dev/app": "pieshop"}}
+    });
+    s.api.put(
+        "/apis/apps/v1/namespaces/shop/deployments/pieshop-retired",
+        stale,
+    );
+    s.api.put(
+        "/apis/apps/v1/namespaces/shop/deployments/pieshop-by-hand",
+        foreign,
+    );
+    s.reconcile(stored_app()).await.unwrap();
+    let deletes: Vec<String> = s
+        .lines()
+        .into_iter()
+        .filter(|l| l.starts_with("DELETE"))
+        .collect();
+    assert_eq!(
+        deletes,
+        ["DELETE /apis/apps/v1/namespaces/shop/deployments/pieshop-retired"],
+        "objects it does not own are left alone"
+    );
+}
+
+#[tokio::test]
+async fn a_failing_child_apply_is_an_error_naming_the_object() {
+    let s = scenario();
+    s.api
+        .fail_patches("/apis/apps/v1/namespaces/shop/deployments/pieshop-web", 500);
+    let err = s.reconcile(stored_app()).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("cannot apply Deployment pieshop-web"),
+        "{err}"
+    );
+}
+
+/// The scaler against a real queue: a backlog in Azurite scales the worker Deployment (in
+/// the fake API, through its scale subresource) up, and back to zero after the cooldown.
+#[tokio::test]
+async fn the_probe_loop_follows_a_real_queue_up_and_back_down() {
+    use super::scaling::DeploymentTarget;
+    use crate::autoscale::{WorkerScaling, probe_loop};
+    use crate::crd::{ScalingBehavior, ScalingSpec};
+
+    let azurite = cqrs_storage::azurite::TestAzurite::start().await;
+    let account = azurite.account();
+    let queue = cqrs_storage::azurite::unique_name("scale");
+    account.ensure_queue(&queue).await.unwrap();
+    let (client, api) = FakeApi::start();
+    let path = "/apis/apps/v1/namespaces/shop/deployments/pieshop-registrar";
+    api.put(path, json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "pieshop-registrar", "namespace": "shop"}, "spec": {"replicas": 0}}));
+
+    let client_queue = account.queue(&queue).unwrap();
+    for i in 0..60 {
+        let msg = azure_storage_queue::models::QueueMessage {
+            message_text: Some(format!("m{i}")),
+        };
+        client_queue
+            .send_message(msg.try_into().unwrap(), None)
+            .await
+            .unwrap();
+    }
+    let settings = WorkerScaling {
+        worker: "registrar".into(),
+        queue: queue.clone(),
+        scaling: ScalingSpec {
+            min_replicas: 0,
+            max_replicas: 5,
+            target_queue_length: 10,
+            polling_interval: 1,
+            cooldown_period: 2,
+            scale_down: ScalingBehavior {
+                stabilization_window_seconds: Some(0),
+                ..Default::default()
+            },
+            ..ScalingSpec::default()
+        },
+        max_messages_per_second: None,
+    };
+    let (tx, rx) = tokio::sync::watch::channel(settings);
+    let target = Arc::new(DeploymentTarget::new(
+        client,
+        "shop",
+        "pieshop-registrar".into(),
+        None,
+    ));
+    let observer = Arc::new(crate::metrics::Metrics::new());
+    struct Quiet(Arc<Metrics>);
+    impl crate::autoscale::ScaleObserver for Quiet {
+        fn on_tick(&self, tick: &crate::autoscale::Tick) {
+            self.0.record_tick("shop", "pieshop", tick);
+        }
+    }
+    let task = tokio::spawn(probe_loop(
+        rx,
+        Arc::new(account.clone()),
+        target,
+        Arc::new(Quiet(observer)),
+    ));
+
+    let replicas = || {
+        api.get(path)
+            .and_then(|d| d.pointer("/spec/replicas").and_then(Value::as_i64))
+            .unwrap_or(-1)
+    };
+    wait_for("scale up to maxReplicas", || replicas() == 5).await;
+    client_queue.clear(None).await.unwrap();
+    wait_for("scale back to zero after the cooldown", || replicas() == 0).await;
+    drop(tx);
+    task.await.unwrap();
+
+    let writes: Vec<i64> = api
+        .calls()
+        .iter()
+        .filter(|c| c.method == "PATCH" && c.path.ends_with("/scale"))
+        .filter_map(|c| {
+            c.body
+                .as_ref()
+                .and_then(|b| b.pointer("/spec/replicas"))
+                .and_then(Value::as_i64)
+        })
+        .collect();
+    // Up by the default step (4), then to the cap; down to 1 while cooling, then to 0.
+    assert_eq!(writes, [4, 5, 1, 0]);
+}
+
+async fn wait_for(what: &str, condition: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !condition() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting to {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
