@@ -248,7 +248,18 @@ impl StorageAccount {
                     .map_err(|e| Error::SignSas(e.to_string()))?
             }
         };
-        let mut url = self.blob(container, blob).url().clone();
+        // NB: built here rather than taken from the SDK's blob client, which percent-encodes
+        // the `/` of virtual directories; browsers get the readable form.
+        let mut url = self.container(container).url().clone();
+        url.set_query(None);
+        url.path_segments_mut()
+            .map_err(|_| {
+                Error::InvalidEndpoint(format!(
+                    "the endpoint of container {container} cannot take a blob path"
+                ))
+            })?
+            .pop_if_empty()
+            .extend(blob.split('/'));
         url.set_query(Some(token.as_query()));
         Ok(url)
     }

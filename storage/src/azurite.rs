@@ -262,6 +262,15 @@ impl TestAzurite {
                 own: None,
             };
         }
+        Self::private().await
+    }
+
+    /// Starts a private Azurite even when a shared one is available (for tests that change
+    /// account-wide settings such as CORS).
+    ///
+    /// # Panics
+    /// When Azurite is not installed or does not start.
+    pub async fn private() -> Self {
         match Azurite::start(AzuriteOptions::default()).await {
             Ok(azurite) => Self {
                 connection_string: azurite.connection_string(),

@@ -17,7 +17,7 @@ tasks:
   test    everything CI checks: installs test tools if missing, fmt, clippy, CRD in sync,
           all tests against a real Azurite
   crd     regenerate charts/cqrs-operator/crds/ from the Rust types
-  tools   install the test tools (Azurite) into .tools/ without running anything
+  tools   install the test tools (Azurite, playwright-core, Chromium) without running anything
 ";
 
 fn main() -> ExitCode {
@@ -25,7 +25,10 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("test") => test::run(&args[1..]),
         Some("crd") => crd::write(),
-        Some("tools") => tools::azurite().map(|_| ()),
+        Some("tools") => tools::azurite()
+            .and_then(|_| tools::playwright())
+            .and_then(|_| tools::chromium())
+            .map(|_| ()),
         Some("-h" | "--help" | "help") | None => {
             print!("{USAGE}");
             return ExitCode::SUCCESS;

@@ -13,6 +13,8 @@ use crate::{crd, tools};
 pub fn run(extra: &[String]) -> Result<()> {
     let started = Instant::now();
     let azurite_bin = tools::azurite()?;
+    tools::playwright()?;
+    let chromium = tools::chromium()?;
 
     step(
         "cargo fmt --check",
@@ -49,6 +51,7 @@ pub fn run(extra: &[String]) -> Result<()> {
     tests
         .args(extra)
         .env("CQRS_TEST_AZURITE", azurite.connection_string())
+        .env("CHROMIUM", &chromium)
         .env("RUST_BACKTRACE", "0");
     let result = step("all tests (against Azurite)", &mut tests);
     drop(azurite);

@@ -45,3 +45,83 @@ pub fn azurite() -> Result<PathBuf> {
     }
     Ok(bin)
 }
+
+/// The playwright-core release the browser tests drive Chromium with.
+pub const PLAYWRIGHT_VERSION: &str = "1.65.1";
+
+/// Makes sure playwright-core is installed in `.tools/playwright`; returns its module dir.
+pub fn playwright() -> Result<PathBuf> {
+    let dir = root().join(".tools/playwright");
+    let module = dir.join("node_modules/playwright-core");
+    let installed = std::fs::read_to_string(module.join("package.json"))
+        .is_ok_and(|pkg| pkg.contains(&format!("\"version\": \"{PLAYWRIGHT_VERSION}\"")));
+    if installed {
+        return Ok(module);
+    }
+    if !on_path("npm") {
+        bail!(
+            "the browser tests need playwright-core from npm, and npm is not on PATH (install Node.js 18+)"
+        );
+    }
+    std::fs::create_dir_all(&dir)?;
+    step(
+        &format!("installing playwright-core {PLAYWRIGHT_VERSION} from npm into .tools/playwright"),
+        Command::new("npm")
+            .args([
+                "install",
+                "--no-audit",
+                "--no-fund",
+                "--loglevel=error",
+                "--prefix",
+            ])
+            .arg(&dir)
+            .arg(format!("playwright-core@{PLAYWRIGHT_VERSION}")),
+    )?;
+    Ok(module)
+}
+
+/// Makes sure Debian's Chromium is installed (`$CHROMIUM` overrides); returns its path.
+pub fn chromium() -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os("CHROMIUM") {
+        let path = PathBuf::from(path);
+        if path.is_file() {
+            return Ok(path);
+        }
+        bail!("$CHROMIUM is {}, which is not a file", path.display());
+    }
+    let path = PathBuf::from("/usr/bin/chromium");
+    if path.is_file() {
+        return Ok(path);
+    }
+    let root_user =
+        crate::shell::output(Command::new("id").arg("-u")).is_ok_and(|uid| uid.trim() == "0");
+    if !(root_user && on_path("apt-get")) {
+        bail!(
+            "the browser tests need Chromium at /usr/bin/chromium: install Debian's package \
+             (`sudo apt-get install chromium`) or set CHROMIUM to a Chromium binary"
+        );
+    }
+    let install = || {
+        Command::new("apt-get")
+            .args(["install", "-y", "--no-install-recommends", "-q", "chromium"])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+    };
+    println!("\n==> installing Chromium from Debian (apt-get install chromium)");
+    if !install().is_ok_and(|s| s.success()) {
+        step(
+            "apt-get update",
+            Command::new("apt-get").args(["update", "-q"]),
+        )?;
+        step(
+            "apt-get install chromium",
+            Command::new("apt-get")
+                .args(["install", "-y", "--no-install-recommends", "-q", "chromium"])
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )?;
+    }
+    if !path.is_file() {
+        bail!("apt-get finished but /usr/bin/chromium is missing");
+    }
+    Ok(path)
+}

@@ -1,0 +1,140 @@
+//! The web role: accepts commands (enqueues them) and serves queries (from a cache), plus
+//! the two pages.
+//!
+//! Commands and queries are authorized separately: queries (`GET`) are public and read-only;
+//! inventory commands need the scanners' key; registrations are open by nature (anyone may
+//! register) and only ever create their own result blob.
+
+mod inventory;
+mod pages;
+mod registration;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::json;
+
+use crate::config::AppConfig;
+use crate::metrics::{AppMetrics, RouteLabels};
+pub use inventory::InventoryCache;
+
+/// Shared by every request.
+#[derive(Debug)]
+pub struct AppState {
+    /// Storage and names.
+    pub config: AppConfig,
+    /// The scanners' key (`SCANNER_KEY`); without it inventory commands are refused.
+    pub scanner_key: Option<String>,
+    /// The inventory read model, kept fresh in the background.
+    pub inventory: Arc<InventoryCache>,
+    /// Metrics.
+    pub metrics: Arc<AppMetrics>,
+}
+
+/// An error answered as JSON.
+#[derive(Debug)]
+pub enum ApiError {
+    /// 400 with one message per field.
+    Fields(BTreeMap<String, String>),
+    /// 401: missing or wrong key.
+    Unauthorized,
+    /// 503 with `Retry-After`: storage is unreachable for now.
+    Unavailable(String),
+}
+
+impl ApiError {
+    fn from_json(rejection: JsonRejection) -> Self {
+        ApiError::Fields(BTreeMap::from([(
+            "body".to_string(),
+            rejection.body_text(),
+        )]))
+    }
+
+    fn storage(what: &str, e: impl std::fmt::Display) -> Self {
+        tracing::warn!("{what}: {e}");
+        ApiError::Unavailable(format!("{what}: storage is unavailable, try again shortly"))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        match self {
+            ApiError::Fields(errors) => {
+                (StatusCode::BAD_REQUEST, Json(json!({ "errors": errors }))).into_response()
+            }
+            ApiError::Unauthorized => {
+                let mut rsp = (StatusCode::UNAUTHORIZED, Json(json!({ "error": "a valid scanner key is required (Authorization: Bearer <key>)" }))).into_response();
+                rsp.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                rsp
+            }
+            ApiError::Unavailable(message) => {
+                let mut rsp = (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Json(json!({ "error": message })),
+                )
+                    .into_response();
+                rsp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+                rsp
+            }
+        }
+    }
+}
+
+/// All routes of the web role.
+pub fn router(state: Arc<AppState>) -> axum::Router {
+    axum::Router::new()
+        .route("/", get(pages::register_page))
+        .route("/inventory", get(pages::inventory_page))
+        .route("/api/registrations", post(registration::register))
+        .route("/api/inventory", get(inventory::query))
+        .route("/api/inventory/adjustments", post(inventory::adjust))
+        .route("/inventory/events", get(inventory::events))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            count_responses,
+        ))
+        .with_state(state)
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.encode(),
+    )
+}
+
+async fn count_responses(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_string();
+    let response = next.run(request).await;
+    state
+        .metrics
+        .responses
+        .get_or_create(&RouteLabels {
+            route,
+            status: response.status().as_u16(),
+        })
+        .inc();
+    response
+}

@@ -1,0 +1,122 @@
+//! `POST /api/registrations`: write the pending result blob, enqueue the command, answer
+//! `202` with a read-only SAS URL for that one blob.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use axum::extract::rejection::JsonRejection;
+use axum::http::StatusCode;
+use azure_core::http::RequestContent;
+use azure_storage_queue::models::{QueueClientSendMessageOptions, QueueMessage};
+use serde_json::{Value, json};
+use time::{Duration, OffsetDateTime};
+
+use super::{ApiError, AppState};
+use crate::messages::RegistrationForm;
+use crate::store::{self, Condition};
+use crate::worker::registration::{RegistrationResult, result_blob};
+
+/// How long a result URL stays valid.
+pub const RESULT_URL_LIFETIME: Duration = Duration::hours(1);
+
+/// Accepts a registration.
+pub async fn register(
+    State(state): State<Arc<AppState>>,
+    body: Result<Json<RegistrationForm>, JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let form = body.map_err(ApiError::from_json)?.0;
+    let id = uuid::Uuid::new_v4().to_string();
+    let command = form
+        .into_command(id.clone(), OffsetDateTime::now_utc().date())
+        .map_err(ApiError::Fields)?;
+    let cfg = &state.config;
+    let blob = result_blob(&id);
+
+    // NB: the blob first, so a worker always finds it; a failed enqueue leaves only a pending
+    // blob nobody polls.
+    store::write(
+        &cfg.account,
+        &cfg.results_container,
+        &blob,
+        &RegistrationResult::default(),
+        Condition::Create,
+    )
+    .await
+    .map_err(|e| ApiError::storage("cannot create the result blob", e))?;
+    let text = serde_json::to_string(&command)
+        .map_err(|e| ApiError::storage("cannot encode the command", e))?;
+    let content: RequestContent<QueueMessage, _> = QueueMessage {
+        message_text: Some(text),
+    }
+    .try_into()
+    .map_err(|e| ApiError::storage("cannot encode the command", e))?;
+    let options = QueueClientSendMessageOptions {
+        message_time_to_live: Some(
+            i32::try_from(cfg.message_ttl(&cfg.registration_queue)).unwrap_or(-1),
+        ),
+        ..Default::default()
+    };
+    cfg.account
+        .queue(&cfg.registration_queue)
+        .map_err(|e| ApiError::storage("cannot reach the queue", e))?
+        .send_message(content, Some(options))
+        .await
+        .map_err(|e| {
+            ApiError::storage("cannot enqueue the registration", cqrs_storage::SdkError(e))
+        })?;
+
+    let url = cfg
+        .account
+        .blob_read_url(
+            &cfg.results_container,
+            &blob,
+            OffsetDateTime::now_utc() + RESULT_URL_LIFETIME,
+        )
+        .await
+        .map_err(|e| ApiError::storage("cannot sign the result URL", e))?;
+    let url = public_url(
+        &url,
+        cfg.account.blob_service().url(),
+        cfg.public_blob_endpoint.as_ref(),
+    );
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "id": id, "resultUrl": url })),
+    ))
+}
+
+/// Rewrites a blob URL from the endpoint the roles use to the one browsers reach.
+pub fn public_url(url: &url::Url, internal: &url::Url, public: Option<&url::Url>) -> String {
+    let text = url.as_str();
+    match public {
+        Some(public) => {
+            let internal = internal.as_str().trim_end_matches('/');
+            match text.strip_prefix(internal) {
+                Some(rest) => format!("{}{rest}", public.as_str().trim_end_matches('/')),
+                None => text.to_string(),
+            }
+        }
+        None => text.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn result_urls_are_rewritten_to_the_public_endpoint() {
+        let internal = url::Url::parse("http://azurite:10000/devstoreaccount1").unwrap();
+        let url = url::Url::parse(
+            "http://azurite:10000/devstoreaccount1/results/registrations/x.json?sv=1&sig=abc",
+        )
+        .unwrap();
+        let public = url::Url::parse("http://localhost:10000/devstoreaccount1").unwrap();
+        assert_eq!(
+            public_url(&url, &internal, Some(&public)),
+            "http://localhost:10000/devstoreaccount1/results/registrations/x.json?sv=1&sig=abc"
+        );
+        assert_eq!(public_url(&url, &internal, None), url.as_str());
+    }
+}

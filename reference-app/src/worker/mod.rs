@@ -1,0 +1,370 @@
+//! The worker role: receive batches from the role's queue, hand them to a [`Handler`], delete
+//! what succeeded, leave what failed for redelivery, and move what cannot succeed to the
+//! poison queue.
+//!
+//! - Up to `WORKER_RECEIVERS` receive loops, each taking batches of up to 32 messages; a batch
+//!   is handled concurrently by the handler.
+//! - While a batch is being handled, the visibility timeout of its messages is renewed every
+//!   half timeout, so long work is not redelivered to another replica.
+//! - A message dequeued more than `CQRS_MAX_DEQUEUE_COUNT` times, or one that cannot be
+//!   decoded, goes to `CQRS_POISON_QUEUE` (copied first, then deleted: never lost).
+//! - An empty queue is polled with a backoff from 100 ms doubling to 2 s, reset by work; storage
+//!   errors back off the same way and never stop the worker.
+//! - On SIGTERM/Ctrl-C receiving stops, batches in hand finish, and the process exits 0.
+
+pub mod inventory;
+pub mod rate;
+pub mod registration;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use azure_core::http::RequestContent;
+use azure_storage_queue::QueueClient;
+use azure_storage_queue::models::{QueueClientReceiveMessagesOptions, QueueMessage};
+use cqrs_storage::SdkError;
+use time::OffsetDateTime;
+use tokio::sync::watch;
+
+use crate::config::WorkerConfig;
+use crate::metrics::AppMetrics;
+use rate::RateLimiter;
+
+/// One received message.
+#[derive(Clone, Debug)]
+pub struct Received {
+    /// Message id.
+    pub id: String,
+    /// Its text as stored.
+    pub text: String,
+    /// Times it has been dequeued, this time included.
+    pub dequeue_count: u32,
+    /// When it was enqueued.
+    pub inserted: Option<OffsetDateTime>,
+}
+
+/// What became of one command.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Handled: delete the message.
+    Done,
+    /// Failed for now: leave it to be redelivered after its visibility timeout.
+    Retry(String),
+    /// Can never succeed: move it to the poison queue.
+    Reject(String),
+}
+
+/// The work a worker does with the commands of its queue.
+#[async_trait]
+pub trait Handler: Send + Sync + 'static {
+    /// The decoded command.
+    type Command: Send + Sync + 'static;
+    /// Decodes a message; an error sends it to the poison queue with the reason.
+    fn decode(&self, text: &str) -> Result<Self::Command, String>;
+    /// Handles a batch; one outcome per command, in order.
+    async fn handle(&self, batch: &[Self::Command]) -> Vec<Outcome>;
+    /// Called after a message went to the poison queue (with the command, if it decoded).
+    async fn poisoned(&self, _command: Option<&Self::Command>, _reason: &str) {}
+}
+
+/// Consumes one queue with one handler.
+pub struct Worker<H: Handler> {
+    queue: Arc<QueueClient>,
+    poison: QueueClient,
+    config: WorkerConfig,
+    handler: H,
+    metrics: Arc<AppMetrics>,
+    limiter: Arc<RateLimiter>,
+}
+
+/// Delay after an empty receive or an error: doubles from 100 ms to 2 s, reset by work.
+#[derive(Debug)]
+struct Backoff(Duration);
+
+impl Backoff {
+    const MIN: Duration = Duration::from_millis(100);
+    const MAX: Duration = Duration::from_secs(2);
+
+    fn next(&mut self) -> Duration {
+        let now = self.0;
+        self.0 = (self.0 * 2).min(Self::MAX);
+        now
+    }
+
+    fn reset(&mut self) {
+        self.0 = Self::MIN;
+    }
+}
+
+async fn sleep_or_shutdown(duration: Duration, shutdown: &mut watch::Receiver<bool>) {
+    tokio::select! {
+        () = tokio::time::sleep(duration) => {}
+        _ = shutdown.changed() => {}
+    }
+}
+
+impl<H: Handler> Worker<H> {
+    /// A worker for `config.queue`.
+    pub fn new(
+        account: &cqrs_storage::StorageAccount,
+        config: WorkerConfig,
+        handler: H,
+        metrics: Arc<AppMetrics>,
+    ) -> Result<Self, cqrs_storage::Error> {
+        let limiter = Arc::new(RateLimiter::new(
+            config.max_messages_per_second,
+            config.rate_share_file.clone(),
+        ));
+        Ok(Self {
+            queue: Arc::new(account.queue(&config.queue)?),
+            poison: account.queue(&config.poison_queue)?,
+            config,
+            handler,
+            metrics,
+            limiter,
+        })
+    }
+
+    /// Runs until `shutdown` turns true, then finishes the batches in hand.
+    pub async fn run(self: Arc<Self>, shutdown: watch::Receiver<bool>) {
+        match self.limiter.rate() {
+            Some(rate) => {
+                tracing::info!(queue = %self.config.queue, rate, "receiving at most {rate} messages/s (this replica's share)")
+            }
+            None => tracing::info!(queue = %self.config.queue, "receiving without a rate limit"),
+        }
+        let reload = {
+            let limiter = self.limiter.clone();
+            let mut shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                while !*shutdown.borrow() {
+                    sleep_or_shutdown(rate::REREAD, &mut shutdown).await;
+                    limiter.reload();
+                }
+            })
+        };
+        let loops: Vec<_> = (0..self.config.receivers)
+            .map(|_| {
+                let worker = self.clone();
+                let shutdown = shutdown.clone();
+                tokio::spawn(async move { worker.receive_loop(shutdown).await })
+            })
+            .collect();
+        for task in loops {
+            if let Err(e) = task.await {
+                tracing::error!(error = %e, "a receive loop ended abnormally");
+            }
+        }
+        reload.abort();
+    }
+
+    async fn receive_loop(&self, mut shutdown: watch::Receiver<bool>) {
+        let mut backoff = Backoff(Backoff::MIN);
+        let queue = AppMetrics::queue(&self.config.queue);
+        loop {
+            let want = self.limiter.acquire(self.config.batch, &mut shutdown).await;
+            if want == 0 || *shutdown.borrow() {
+                return;
+            }
+            let batch = match self.receive(want).await {
+                Ok(batch) => batch,
+                Err(e) => {
+                    self.limiter.refund(want);
+                    self.metrics.receive_errors.get_or_create(&queue).inc();
+                    let delay = backoff.next();
+                    tracing::warn!(queue = %self.config.queue, retry_in = ?delay, "cannot receive: {e}");
+                    sleep_or_shutdown(delay, &mut shutdown).await;
+                    continue;
+                }
+            };
+            self.limiter.refund(want.saturating_sub(batch.len() as u32));
+            if batch.is_empty() {
+                sleep_or_shutdown(backoff.next(), &mut shutdown).await;
+                continue;
+            }
+            backoff.reset();
+            // NB: not raced against shutdown: a batch in hand is always finished.
+            self.process(batch).await;
+        }
+    }
+
+    async fn receive(&self, n: u32) -> Result<Vec<(Received, String)>, SdkError> {
+        let options = QueueClientReceiveMessagesOptions {
+            number_of_messages: Some(n.min(32) as i32),
+            visibility_timeout: Some(self.config.visibility_timeout.as_secs() as i32),
+            ..Default::default()
+        };
+        let messages = self
+            .queue
+            .receive_messages(Some(options))
+            .await?
+            .into_model()?;
+        Ok(messages
+            .items
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|m| {
+                let received = Received {
+                    id: m.message_id?,
+                    text: m.message_text.unwrap_or_default(),
+                    dequeue_count: u32::try_from(m.dequeue_count.unwrap_or(1)).unwrap_or(u32::MAX),
+                    inserted: m.insertion_time,
+                };
+                Some((received, m.pop_receipt?))
+            })
+            .collect())
+    }
+
+    async fn process(&self, batch: Vec<(Received, String)>) {
+        let started = std::time::Instant::now();
+        // Pop receipts change with each visibility renewal; the renewer and the deleter share them.
+        let receipts: Arc<Mutex<HashMap<String, String>>> = Arc::default();
+        let mut work = Vec::new();
+        let mut commands = Vec::new();
+        for (message, pop) in batch {
+            if message.dequeue_count > self.config.max_dequeue_count {
+                let reason = format!(
+                    "dequeued {} times (maxDequeueCount {})",
+                    message.dequeue_count, self.config.max_dequeue_count
+                );
+                let command = self.handler.decode(&message.text).ok();
+                self.poison(&message, &pop, command.as_ref(), &reason).await;
+                continue;
+            }
+            match self.handler.decode(&message.text) {
+                Ok(command) => {
+                    receipts
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(message.id.clone(), pop);
+                    commands.push(command);
+                    work.push(message);
+                }
+                Err(reason) => {
+                    self.poison(
+                        &message,
+                        &pop,
+                        None,
+                        &format!("malformed message: {reason}"),
+                    )
+                    .await
+                }
+            }
+        }
+        if work.is_empty() {
+            return;
+        }
+        let renewer = tokio::spawn(renew_visibility(
+            self.queue.clone(),
+            receipts.clone(),
+            self.config.visibility_timeout,
+        ));
+        let outcomes = self.handler.handle(&commands).await;
+        renewer.abort();
+        let queue = AppMetrics::queue(&self.config.queue);
+        for ((message, command), outcome) in work.iter().zip(&commands).zip(outcomes) {
+            let pop = receipts
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&message.id)
+                .cloned()
+                .unwrap_or_default();
+            match outcome {
+                Outcome::Done => match self.queue.delete_message(&message.id, &pop, None).await {
+                    Ok(_) => {
+                        self.metrics.processed.get_or_create(&queue).inc();
+                        self.metrics
+                            .handling_seconds
+                            .observe(started.elapsed().as_secs_f64());
+                        if let Some(inserted) = message.inserted {
+                            self.metrics.age_seconds.observe(
+                                (OffsetDateTime::now_utc() - inserted)
+                                    .as_seconds_f64()
+                                    .max(0.0),
+                            );
+                        }
+                    }
+                    // NB: handled but not deleted: it will be redelivered, and the handlers are
+                    // idempotent, so it will count once.
+                    Err(e) => {
+                        tracing::warn!(message = %message.id, "handled, but cannot delete: {}", SdkError(e))
+                    }
+                },
+                Outcome::Retry(reason) => {
+                    self.metrics.failed.get_or_create(&queue).inc();
+                    tracing::warn!(queue = %self.config.queue, message = %message.id, attempt = message.dequeue_count, "will be retried: {reason}");
+                }
+                Outcome::Reject(reason) => self.poison(message, &pop, Some(command), &reason).await,
+            }
+        }
+    }
+
+    /// Copies the message to the poison queue, then deletes it.
+    async fn poison(
+        &self,
+        message: &Received,
+        pop: &str,
+        command: Option<&H::Command>,
+        reason: &str,
+    ) {
+        let queue = AppMetrics::queue(&self.config.queue);
+        let copy = QueueMessage {
+            message_text: Some(message.text.clone()),
+        };
+        let sent = match RequestContent::try_from(copy) {
+            Ok(content) => self
+                .poison
+                .send_message(content, None)
+                .await
+                .map(|_| ())
+                .map_err(SdkError),
+            Err(e) => Err(SdkError(e)),
+        };
+        if let Err(e) = sent {
+            // Left in the queue: it will come back and be poisoned then.
+            tracing::warn!(message = %message.id, "cannot move to {}: {e}", self.config.poison_queue);
+            return;
+        }
+        if let Err(e) = self.queue.delete_message(&message.id, pop, None).await {
+            tracing::warn!(message = %message.id, "copied to the poison queue but cannot delete: {}", SdkError(e));
+        }
+        self.metrics.poisoned.get_or_create(&queue).inc();
+        tracing::warn!(queue = %self.config.queue, poison_queue = %self.config.poison_queue, message = %message.id, attempts = message.dequeue_count, "moved to the poison queue: {reason}");
+        self.handler.poisoned(command, reason).await;
+    }
+}
+
+/// Renews the visibility of every message in `receipts` each half timeout, until aborted.
+async fn renew_visibility(
+    queue: Arc<QueueClient>,
+    receipts: Arc<Mutex<HashMap<String, String>>>,
+    timeout: Duration,
+) {
+    let period = (timeout / 2).max(Duration::from_secs(1));
+    let seconds = i32::try_from(timeout.as_secs()).unwrap_or(i32::MAX);
+    let popreceipt = azure_core::http::headers::HeaderName::from_static("x-ms-popreceipt");
+    loop {
+        tokio::time::sleep(period).await;
+        let current: Vec<(String, String)> = receipts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for (id, pop) in current {
+            match queue.update_message(&id, &pop, seconds, None).await {
+                Ok(rsp) => {
+                    if let Some(fresh) = rsp.headers().get_optional_str(&popreceipt) {
+                        receipts
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(id, fresh.to_string());
+                    }
+                }
+                Err(e) => tracing::warn!(message = %id, "cannot renew visibility: {}", SdkError(e)),
+            }
+        }
+    }
+}

@@ -1,0 +1,339 @@
+//! Runs the reference app's binary as web and worker processes against Azurite, with the
+//! environment the operator would give them (`cqrs_operator::plan::role_env`), on queue and
+//! container names no other test uses.
+
+#![allow(clippy::unwrap_used, dead_code)] // test helpers: a failed step should fail the test loudly
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::process::Stdio;
+use std::time::Duration;
+
+use cqrs_operator::crd::{
+    ContainerSpec, CorsSpec, CqrsAppSpec, DeletionPolicy, QueueSpec, StorageSpec, WebServiceSpec,
+    WebSpec, WorkerSpec,
+};
+use cqrs_operator::plan::{EnvSource, Role, StorageAccess, role_env, storage_plan};
+use cqrs_storage::azurite::{TestAzurite, unique_name};
+use cqrs_storage::{Provisioner, StorageAccount};
+use tokio::process::{Child, Command};
+
+pub const SCANNER_KEY: &str = "test-scanner-key";
+
+/// The app's names in this test.
+#[derive(Clone, Debug)]
+pub struct Names {
+    pub registrations: String,
+    pub inventory: String,
+    pub results: String,
+    pub readmodels: String,
+}
+
+/// A running app: web and workers as child processes, killed on drop.
+pub struct App {
+    pub azurite: TestAzurite,
+    pub account: StorageAccount,
+    pub names: Names,
+    pub spec: CqrsAppSpec,
+    pub web: String,
+    web_child: Option<Child>,
+    pub workers: Vec<(String, Child, u16)>,
+    extra_env: BTreeMap<String, String>,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn queue(name: &str, max_dequeue: u32, visibility: u32) -> QueueSpec {
+    QueueSpec {
+        name: name.into(),
+        max_dequeue_count: max_dequeue,
+        visibility_timeout_seconds: visibility,
+        message_ttl_seconds: 3600,
+    }
+}
+
+/// Options for [`App::start`].
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub max_dequeue: u32,
+    pub visibility: u32,
+    /// Let the web role's own origin read result blobs (for browsers).
+    pub cors_for_web: bool,
+    pub extra_env: BTreeMap<String, String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            max_dequeue: 5,
+            visibility: 30,
+            cors_for_web: false,
+            extra_env: BTreeMap::new(),
+        }
+    }
+}
+
+impl App {
+    /// Provisions fresh queues and containers and starts the web role.
+    pub async fn start(options: Options) -> App {
+        Self::start_on(TestAzurite::start().await, options).await
+    }
+
+    /// The same, on a given Azurite.
+    pub async fn start_on(azurite: TestAzurite, options: Options) -> App {
+        let account = azurite.account();
+        let web_port = free_port();
+        let cors_origin = options
+            .cors_for_web
+            .then(|| format!("http://127.0.0.1:{web_port}"));
+        let names = Names {
+            registrations: unique_name("reg"),
+            inventory: unique_name("inv"),
+            results: unique_name("res"),
+            readmodels: unique_name("rm"),
+        };
+        let spec = CqrsAppSpec {
+            storage: StorageSpec {
+                connection_secret_ref: None,
+                azure: None,
+                public_blob_endpoint: None,
+            },
+            deletion_policy: DeletionPolicy::Retain,
+            queues: vec![
+                queue(
+                    &names.registrations,
+                    options.max_dequeue,
+                    options.visibility,
+                ),
+                queue(&names.inventory, options.max_dequeue, options.visibility),
+            ],
+            containers: vec![
+                ContainerSpec {
+                    name: names.results.clone(),
+                    cors: cors_origin.map(|o| CorsSpec {
+                        allowed_origins: vec![o],
+                        max_age_seconds: 60,
+                    }),
+                },
+                ContainerSpec {
+                    name: names.readmodels.clone(),
+                    cors: None,
+                },
+            ],
+            web: Some(WebSpec {
+                image: "unused".into(),
+                args: vec![],
+                replicas: 1,
+                port: 8080,
+                env: vec![],
+                resources: None,
+                service: WebServiceSpec::default(),
+            }),
+            workers: vec![
+                worker("registrar", &names.registrations),
+                worker("stocker", &names.inventory),
+            ],
+        };
+        let plan = storage_plan(&unique_name("owner"), &spec);
+        account.provision(&plan).await.unwrap();
+        let mut extra_env = BTreeMap::from([
+            (
+                "REGISTRATION_QUEUE".to_string(),
+                names.registrations.clone(),
+            ),
+            ("INVENTORY_QUEUE".to_string(), names.inventory.clone()),
+            ("RESULTS_CONTAINER".to_string(), names.results.clone()),
+            ("READMODEL_CONTAINER".to_string(), names.readmodels.clone()),
+            ("SCANNER_KEY".to_string(), SCANNER_KEY.to_string()),
+            ("RUST_LOG".to_string(), "info".to_string()),
+        ]);
+        extra_env.extend(options.extra_env.clone());
+        let mut app = App {
+            azurite,
+            account,
+            names,
+            spec,
+            web: String::new(),
+            web_child: None,
+            workers: vec![],
+            extra_env,
+        };
+        let child = app.spawn(Role::Web, web_port, &[]);
+        app.web = format!("http://127.0.0.1:{web_port}");
+        app.web_child = Some(child);
+        wait_healthy(web_port).await;
+        app
+    }
+
+    fn env(&self, role: Role<'_>, port: u16) -> Vec<(String, String)> {
+        let access =
+            StorageAccess::ConnectionString(self.azurite.connection_string.to_connection_string());
+        let mut env: Vec<(String, String)> =
+            role_env("pieshop", &self.spec, role, &access, i32::from(port), None)
+                .into_iter()
+                .map(|e| match e.source {
+                    EnvSource::Value(v) => (e.name, v),
+                    EnvSource::Secret(_) => unreachable!("local access has no secrets"),
+                })
+                .collect();
+        env.extend(self.extra_env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        env
+    }
+
+    fn spawn(&self, role: Role<'_>, port: u16, extra: &[(&str, &str)]) -> Child {
+        let arg = match role {
+            Role::Web => "web",
+            Role::Worker(_) => "worker",
+        };
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_reference-app"));
+        cmd.arg(arg)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default());
+        for (k, v) in self.env(role, port) {
+            cmd.env(k, v);
+        }
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(
+            if std::env::var_os("TEST_APP_LOGS").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            },
+        );
+        cmd.kill_on_drop(true).spawn().unwrap()
+    }
+
+    /// Starts a worker process for `worker` (`registrar` or `stocker`).
+    pub async fn start_worker(&mut self, worker: &str, extra: &[(&str, &str)]) -> usize {
+        let spec = self
+            .spec
+            .workers
+            .iter()
+            .find(|w| w.name == worker)
+            .cloned()
+            .unwrap();
+        let port = free_port();
+        let child = self.spawn(Role::Worker(&spec), port, extra);
+        wait_healthy(port).await;
+        self.workers.push((worker.to_string(), child, port));
+        self.workers.len() - 1
+    }
+
+    /// Kills worker `i` at once (SIGKILL).
+    pub async fn kill_worker(&mut self, i: usize) {
+        self.workers[i].1.kill().await.unwrap();
+    }
+
+    /// Sends SIGTERM to worker `i` and returns its exit status.
+    pub async fn terminate_worker(&mut self, i: usize) -> std::process::ExitStatus {
+        let pid = self.workers[i].1.id().unwrap();
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(60), self.workers[i].1.wait())
+            .await
+            .unwrap()
+            .unwrap()
+    }
+
+    pub fn client() -> reqwest::Client {
+        reqwest::Client::new()
+    }
+
+    /// Puts `text` straight on `queue`, as a scanner using an Azure SDK would.
+    pub async fn enqueue_raw(&self, queue: &str, text: &str) {
+        let message = azure_storage_queue::models::QueueMessage {
+            message_text: Some(text.to_string()),
+        };
+        self.account
+            .queue(queue)
+            .unwrap()
+            .send_message(message.try_into().unwrap(), None)
+            .await
+            .unwrap();
+    }
+
+    /// Texts of the messages in `queue` (peeked, up to 32).
+    pub async fn peek(&self, queue: &str) -> Vec<String> {
+        let options = azure_storage_queue::models::QueueClientPeekMessagesOptions {
+            number_of_messages: Some(32),
+            ..Default::default()
+        };
+        let peeked = self
+            .account
+            .queue(queue)
+            .unwrap()
+            .peek_messages(Some(options))
+            .await
+            .unwrap()
+            .into_model()
+            .unwrap();
+        peeked
+            .items
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|m| m.message_text)
+            .collect()
+    }
+}
+
+fn worker(name: &str, queue: &str) -> WorkerSpec {
+    WorkerSpec {
+        name: name.into(),
+        image: "unused".into(),
+        args: vec![],
+        queue: queue.into(),
+        env: vec![],
+        resources: None,
+        max_messages_per_second: None,
+        scaling: Default::default(),
+    }
+}
+
+async fn wait_healthy(port: u16) {
+    let url = format!("http://127.0.0.1:{port}/healthz");
+    wait_until("the process to answer /healthz", || async {
+        reqwest::get(&url)
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    })
+    .await;
+}
+
+/// Polls `condition` every 100 ms until it holds; fails after 60 s naming `what`.
+pub async fn wait_until<F, Fut>(what: &str, condition: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !condition().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Polls a result URL until the blob holds a token or an error.
+pub async fn wait_for_result(url: &str) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let body: serde_json::Value = reqwest::get(url).await.unwrap().json().await.unwrap();
+        if !body["registrationToken"].is_null() || body.get("error").is_some() {
+            return body;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no result in {url}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
