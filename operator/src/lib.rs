@@ -5,11 +5,13 @@
 //!   it runs.
 //! - [`scaler`]: the pure scaling decision; [`autoscale`]: the probe loop that feeds it.
 //! - [`k8s`]: the controller (reconcile, child objects, status, leader election).
+//! - [`local`]: the same app on one machine, roles as child processes.
 //! - [`metrics`]: Prometheus metrics and the health endpoints.
 
 pub mod autoscale;
 pub mod crd;
 pub mod k8s;
+pub mod local;
 pub mod manifest;
 pub mod metrics;
 pub mod plan;

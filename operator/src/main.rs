@@ -26,6 +26,9 @@ struct Cli {
 enum Command {
     /// Run the operator against the cluster of the current kubeconfig (or in-cluster).
     Run(Box<RunArgs>),
+    /// Run one CqrsApp on this machine: storage in Azurite (or any account), roles as child
+    /// processes scaled like pods.
+    Local(LocalArgs),
     /// Print the CqrsApp CustomResourceDefinition (the same YAML the Helm chart ships).
     Crd {
         /// Print the field reference as a Markdown table instead (used for the README).
@@ -71,6 +74,41 @@ struct RunArgs {
     connect_timeout: u64,
 }
 
+#[derive(clap::Args)]
+struct LocalArgs {
+    /// The CqrsApp manifest.
+    #[arg(short = 'f', long = "file")]
+    file: PathBuf,
+    /// Executable of a role: `web=<path>`, `<worker>=<path>`, or `worker=<path>` for every
+    /// worker role without its own.
+    #[arg(long = "run", value_name = "ROLE=PATH", value_parser = parse_run, required = true)]
+    runs: Vec<(String, PathBuf)>,
+    /// Storage connection string (default: Azurite on its default ports).
+    #[arg(
+        long,
+        env = "CQRS_STORAGE_CONNECTION_STRING",
+        hide_env_values = true,
+        default_value = "UseDevelopmentStorage=true"
+    )]
+    connection_string: String,
+    /// Where /status, /metrics and /healthz are served.
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    status_addr: SocketAddr,
+    /// Port of the web role (default: spec.web.port).
+    #[arg(long)]
+    web_port: Option<u16>,
+}
+
+fn parse_run(value: &str) -> Result<(String, PathBuf), String> {
+    let (role, path) = value.split_once('=').ok_or_else(|| {
+        format!("{value:?} is not ROLE=PATH (e.g. web=target/debug/reference-app)")
+    })?;
+    if role.is_empty() || path.is_empty() {
+        return Err(format!("{value:?} is not ROLE=PATH"));
+    }
+    Ok((role.to_string(), PathBuf::from(path)))
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     // NB: two TLS crypto providers are linked (kube brings ring, the Azure SDK aws-lc-rs);
@@ -79,6 +117,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => run(*args).await,
+        Command::Local(args) => local(args).await,
         Command::Crd { markdown: true } => {
             print!("{}", cqrs_operator::crd::reference::markdown());
             ExitCode::SUCCESS
@@ -143,6 +182,31 @@ async fn run(args: RunArgs) -> ExitCode {
         }
         Err(e) => {
             tracing::error!("{e}");
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn local(args: LocalArgs) -> ExitCode {
+    telemetry::init(LogFormat::Text);
+    let connection_string = match cqrs_storage::ConnectionString::parse(&args.connection_string) {
+        Ok(cs) => cs,
+        Err(e) => {
+            eprintln!("error: --connection-string: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let options = cqrs_operator::local::LocalOptions {
+        manifest: args.file,
+        runs: args.runs.into_iter().collect(),
+        connection_string,
+        status_addr: args.status_addr,
+        web_port: args.web_port,
+    };
+    match cqrs_operator::local::run(options, k8s::shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }

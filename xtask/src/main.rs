@@ -7,6 +7,7 @@ mod crd;
 mod shell;
 mod test;
 mod tools;
+mod up;
 
 use std::process::ExitCode;
 
@@ -14,6 +15,7 @@ const USAGE: &str = "\
 usage: cargo xtask <task>
 
 tasks:
+  up      run the reference app locally on Azurite with autoscaling workers (Ctrl-C stops)
   test    everything CI checks: installs test tools if missing, fmt, clippy, CRD in sync,
           all tests against a real Azurite
   crd     regenerate charts/cqrs-operator/crds/ from the Rust types
@@ -23,6 +25,7 @@ tasks:
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
+        Some("up") => up::run(),
         Some("test") => test::run(&args[1..]),
         Some("crd") => crd::write(),
         Some("tools") => tools::azurite()

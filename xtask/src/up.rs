@@ -1,0 +1,201 @@
+//! `cargo xtask up`: the reference app on this machine, on Azurite, with autoscaling workers.
+
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt as _;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::shell::{cargo, root, step};
+use crate::tools;
+
+const MANIFEST: &str = "examples/pieshop-azurite.yaml";
+const WEB_PORT: u16 = 8080;
+const STATUS_PORT: u16 = 9090;
+const BLOB_PORT: u16 = 10000;
+const QUEUE_PORT: u16 = 10001;
+
+fn listening(port: u16) -> bool {
+    TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(300)).is_ok()
+}
+
+fn free(port: u16) -> Result<()> {
+    TcpListener::bind(("0.0.0.0", port)).map(drop).with_context(|| {
+        format!("port {port} is in use (another `cargo xtask up`?); stop what uses it (`ss -ltnp 'sport = :{port}'` shows it) and try again")
+    })
+}
+
+/// Azurite we started (stopped on drop), or `None` when one was already listening.
+struct OwnAzurite(Option<Child>);
+
+impl Drop for OwnAzurite {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+            println!("stopped Azurite");
+        }
+    }
+}
+
+fn azurite() -> Result<OwnAzurite> {
+    match (listening(BLOB_PORT), listening(QUEUE_PORT)) {
+        (true, true) => {
+            println!(
+                "\n==> using the Azurite already listening on 127.0.0.1:{BLOB_PORT} (blob) and :{QUEUE_PORT} (queue)"
+            );
+            return Ok(OwnAzurite(None));
+        }
+        (true, false) | (false, true) => {
+            bail!(
+                "only one of ports {BLOB_PORT} and {QUEUE_PORT} is in use; `cargo xtask up` needs both free (for Azurite) or both served by one Azurite"
+            )
+        }
+        (false, false) => {}
+    }
+    let bin = tools::azurite()?;
+    let data = root().join(".tools/azurite-data");
+    std::fs::create_dir_all(&data)?;
+    let table = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    println!("\n==> starting Azurite (data in .tools/azurite-data)");
+    let child = Command::new(&bin)
+        .args([
+            "--silent",
+            "--skipApiVersionCheck",
+            "--loose",
+            "--disableTelemetry",
+        ])
+        .args([
+            "--blobHost",
+            "127.0.0.1",
+            "--queueHost",
+            "127.0.0.1",
+            "--tableHost",
+            "127.0.0.1",
+        ])
+        .args([
+            "--blobPort",
+            &BLOB_PORT.to_string(),
+            "--queuePort",
+            &QUEUE_PORT.to_string(),
+            "--tablePort",
+            &table.to_string(),
+        ])
+        .arg("--location")
+        .arg(&data)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        // NB: its own process group, so Ctrl-C stops the app first, with Azurite still up.
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("cannot start {}", bin.display()))?;
+    let mut own = OwnAzurite(Some(child));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !(listening(BLOB_PORT) && listening(QUEUE_PORT)) {
+        if let Some(child) = &mut own.0
+            && let Some(status) = child.try_wait()?
+        {
+            own.0 = None;
+            bail!("Azurite exited during start-up ({status})");
+        }
+        if Instant::now() > deadline {
+            bail!("Azurite did not listen on {BLOB_PORT}/{QUEUE_PORT} within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    println!("    listening: blob 127.0.0.1:{BLOB_PORT}, queue 127.0.0.1:{QUEUE_PORT}");
+    Ok(own)
+}
+
+fn banner() {
+    println!(
+        "
+================================================================================
+ The pie shop is up (reference app, run by `cqrs-operator local` on Azurite)
+
+   Registration form   http://127.0.0.1:{WEB_PORT}/
+   Inventory dashboard http://127.0.0.1:{WEB_PORT}/inventory
+   Runtime status      http://127.0.0.1:{STATUS_PORT}/status   (metrics: /metrics)
+   Azurite             http://127.0.0.1:{BLOB_PORT}/devstoreaccount1 (blob), :{QUEUE_PORT} (queue)
+
+ Try:
+   - register in the browser, and watch the token arrive from blob storage;
+   - scan some pies (the scanner key of examples/pieshop-azurite.yaml):
+       curl -X POST http://127.0.0.1:{WEB_PORT}/api/inventory/adjustments \\
+         -H 'Authorization: Bearer dev-scanner-key' -H 'content-type: application/json' \\
+         -d '{{\"commandId\":\"scan-1\",\"location\":\"downtown\",\"item\":\"apple-pie\",\"delta\":12}}'
+   - make a backlog and watch the registrar scale from 0 and back after 20 s:
+       for i in $(seq 300); do curl -s -o /dev/null -X POST http://127.0.0.1:{WEB_PORT}/api/registrations \\
+         -H 'content-type: application/json' \\
+         -d \"{{\\\"firstName\\\":\\\"A\\\",\\\"lastName\\\":\\\"B\\\",\\\"email\\\":\\\"u$i-$RANDOM@example.com\\\",\\\"dateOfBirth\\\":\\\"1990-01-01\\\"}}\"; done
+       curl -s http://127.0.0.1:{STATUS_PORT}/status | python3 -m json.tool
+
+ Ctrl-C stops everything (workers finish their in-flight messages).
+================================================================================
+"
+    );
+}
+
+/// Runs until Ctrl-C.
+pub fn run() -> Result<()> {
+    free(WEB_PORT)?;
+    free(STATUS_PORT)?;
+    let stopping = Arc::new(AtomicBool::new(false));
+    {
+        let stopping = stopping.clone();
+        // NB: Ctrl-C reaches the runtime too (same process group); xtask only waits for it to
+        // finish, then stops Azurite.
+        ctrlc::set_handler(move || stopping.store(true, Ordering::SeqCst))
+            .context("cannot handle Ctrl-C")?;
+    }
+    let azurite = azurite()?;
+    step(
+        "building cqrs-operator and reference-app (the first build takes a few minutes)",
+        cargo().args([
+            "build",
+            "--package",
+            "cqrs-operator",
+            "--package",
+            "reference-app",
+        ]),
+    )?;
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), Into::into);
+    let bin = |name: &str| target.join("debug").join(name);
+    let app = bin("reference-app");
+    println!("\n==> starting the app: cqrs-operator local -f {MANIFEST}");
+    let mut runtime = Command::new(bin("cqrs-operator"))
+        .arg("local")
+        .args(["-f", MANIFEST])
+        .arg(format!("--run=web={}", app.display()))
+        .arg(format!("--run=worker={}", app.display()))
+        .args(["--connection-string", "UseDevelopmentStorage=true"])
+        .arg(format!("--status-addr=127.0.0.1:{STATUS_PORT}"))
+        .current_dir(root())
+        .spawn()
+        .context("cannot start cqrs-operator local")?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut announced = false;
+    loop {
+        if let Some(status) = runtime.try_wait()? {
+            drop(azurite);
+            if stopping.load(Ordering::SeqCst) {
+                println!("\nstopped");
+                return Ok(());
+            }
+            bail!("cqrs-operator local exited ({status}); see its messages above");
+        }
+        if !announced && listening(STATUS_PORT) && listening(WEB_PORT) {
+            banner();
+            announced = true;
+        }
+        if !announced && Instant::now() > deadline {
+            let _ = runtime.kill();
+            bail!("the app did not come up within 60 s; see the messages above");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
