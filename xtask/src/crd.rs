@@ -31,22 +31,27 @@ fn generate() -> Result<String> {
     Ok(format!("{HEADER}{}", operator(&[])?))
 }
 
+/// `readme` with the text between `start` and `end` replaced by `table`.
+pub fn replace_section(readme: &str, start: &str, end: &str, table: &str) -> Result<String> {
+    let from = readme
+        .find(start)
+        .with_context(|| format!("README.md lacks the marker {}", start.trim()))?;
+    let to = readme
+        .find(end)
+        .with_context(|| format!("README.md lacks the marker {end}"))?;
+    Ok(format!(
+        "{}{start}{table}{}",
+        &readme[..from],
+        &readme[to..]
+    ))
+}
+
 /// The README as it is, and as it would be with a fresh field reference.
 fn readme() -> Result<(PathBuf, String, String)> {
     let table = operator(&["--markdown"])?;
     let path = root().join("README.md");
     let readme = std::fs::read_to_string(&path).context("cannot read README.md")?;
-    let start = readme
-        .find(README_START)
-        .context("README.md lacks the crd-reference:start marker")?;
-    let end = readme
-        .find(README_END)
-        .context("README.md lacks the crd-reference:end marker")?;
-    let updated = format!(
-        "{}{README_START}{table}{}",
-        &readme[..start],
-        &readme[end..]
-    );
+    let updated = replace_section(&readme, README_START, README_END, &table)?;
     Ok((path, readme, updated))
 }
 
@@ -67,7 +72,7 @@ pub fn write() -> Result<()> {
     let (readme_path, _, updated) = readme()?;
     std::fs::write(&readme_path, updated).context("cannot write README.md")?;
     println!("    updated the field reference in README.md");
-    Ok(())
+    crate::chart::write_values_table(&crate::tools::python()?)
 }
 
 /// Fails when the committed CRD or README reference differ from what the types generate.

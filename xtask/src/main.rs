@@ -3,7 +3,10 @@
 //! Each task lives in its own module; all shell out to `cargo`, `npm` and friends with
 //! `std::process`, so this crate stays small and builds in seconds.
 
+mod chart;
 mod crd;
+mod e2e;
+mod images;
 mod shell;
 mod test;
 mod tools;
@@ -18,19 +21,25 @@ tasks:
   up      run the reference app locally on Azurite with autoscaling workers (Ctrl-C stops)
   test    everything CI checks: installs test tools if missing, fmt, clippy, CRD in sync,
           all tests against a real Azurite
+  e2e     the chart with its demo on a kind cluster (needs Docker, kind, kubectl, Helm, curl;
+          --keep leaves the cluster)
+  images  build the operator and reference app container images (needs Docker)
   crd     regenerate charts/cqrs-operator/crds/ from the Rust types
-  tools   install the test tools (Azurite, playwright-core, Chromium) without running anything
+  tools   install the test tools (Azurite, playwright-core, Chromium, Python chart tools) without running anything
 ";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("up") => up::run(),
+        Some("e2e") => e2e::run(&args[1..]),
+        Some("images") => images::build(),
         Some("test") => test::run(&args[1..]),
         Some("crd") => crd::write(),
         Some("tools") => tools::azurite()
             .and_then(|_| tools::playwright())
             .and_then(|_| tools::chromium())
+            .and_then(|_| tools::python())
             .map(|_| ()),
         Some("-h" | "--help" | "help") | None => {
             print!("{USAGE}");

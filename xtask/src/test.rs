@@ -15,6 +15,7 @@ pub fn run(extra: &[String]) -> Result<()> {
     let azurite_bin = tools::azurite()?;
     tools::playwright()?;
     let chromium = tools::chromium()?;
+    let python = tools::python()?;
 
     step(
         "cargo fmt --check",
@@ -33,6 +34,7 @@ pub fn run(extra: &[String]) -> Result<()> {
     )?;
     println!("\n==> CRD in sync with the Rust types");
     crd::check()?;
+    crate::chart::check(&python)?;
 
     let azurite = SharedAzurite::start(&azurite_bin)?;
     let mut tests = if nextest_available() {

@@ -125,3 +125,47 @@ pub fn chromium() -> Result<PathBuf> {
     }
     Ok(path)
 }
+
+/// Python packages the chart checks use, pinned.
+pub const PYTHON_PACKAGES: &[&str] = &[
+    "helm-python-sdk==0.2.2",
+    "kubernetes-validate==1.37.0",
+    "PyYAML==6.0.2",
+];
+
+/// Makes sure `.tools/venv` has the chart-check packages; returns its python.
+pub fn python() -> Result<PathBuf> {
+    let venv = root().join(".tools/venv");
+    let python = venv.join("bin/python");
+    let stamp = venv.join("cqrs-packages.txt");
+    let wanted = PYTHON_PACKAGES.join("\n");
+    if python.is_file() && std::fs::read_to_string(&stamp).is_ok_and(|s| s == wanted) {
+        return Ok(python);
+    }
+    let system = ["python3", "python"].into_iter().find(|p| on_path(p)).ok_or_else(|| {
+        anyhow::anyhow!("the chart checks need Python 3.9+ with venv and pip (e.g. `apt-get install python3 python3-venv`)")
+    })?;
+    if !python.is_file() {
+        step(
+            "creating a Python virtualenv in .tools/venv",
+            Command::new(system).args(["-m", "venv"]).arg(&venv),
+        )?;
+    }
+    step(
+        &format!(
+            "installing {} from PyPI into .tools/venv",
+            PYTHON_PACKAGES.join(", ")
+        ),
+        Command::new(&python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .args(PYTHON_PACKAGES),
+    )?;
+    std::fs::write(&stamp, wanted)?;
+    Ok(python)
+}
