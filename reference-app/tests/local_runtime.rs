@@ -24,44 +24,6 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn manifest(reg: &str, inv: &str, res: &str, rm: &str) -> String {
-    let env = format!(
-        "[{{name: REGISTRATION_QUEUE, value: {reg}}}, {{name: INVENTORY_QUEUE, value: {inv}}}, \
-         {{name: RESULTS_CONTAINER, value: {res}}}, {{name: READMODEL_CONTAINER, value: {rm}}}, {{name: SCANNER_KEY, value: k}}]"
-    );
-    format!(
-        r#"apiVersion: cqrs.dev/v1alpha1
-kind: CqrsApp
-metadata: {{name: localtest}}
-spec:
-  storage: {{connectionSecretRef: {{name: unused}}}}
-  queues:
-    - {{name: {reg}, visibilityTimeoutSeconds: 10}}
-    - {{name: {inv}}}
-  containers: [{{name: {res}}}, {{name: {rm}}}]
-  web: {{image: unused, args: [web], env: {env}}}
-  workers:
-    - name: registrar
-      image: unused
-      args: [worker]
-      queue: {reg}
-      env: {env}
-      scaling:
-        minReplicas: 0
-        maxReplicas: 3
-        targetQueueLength: 40
-        pollingInterval: 1
-        cooldownPeriod: 3
-        scaleDown: {{stabilizationWindowSeconds: 0}}
-    - name: stocker
-      image: unused
-      args: [worker]
-      queue: {inv}
-      env: {env}
-"#
-    )
-}
-
 async fn status(addr: &str) -> Value {
     reqwest::get(format!("http://{addr}/status"))
         .await
@@ -95,7 +57,12 @@ async fn workers_scale_up_drain_a_backlog_lose_nothing_when_killed_and_return_to
     );
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("app.yaml");
-    std::fs::write(&file, manifest(&reg, &inv, &res, &rm)).unwrap();
+    let scaling = "{minReplicas: 0, maxReplicas: 3, targetQueueLength: 40, pollingInterval: 1, cooldownPeriod: 3, scaleDown: {stabilizationWindowSeconds: 0}}";
+    std::fs::write(
+        &file,
+        support::local_manifest("localtest", &reg, &inv, &res, &rm, scaling, scaling),
+    )
+    .unwrap();
     let exe = PathBuf::from(env!("CARGO_BIN_EXE_reference-app"));
     let (web_port, status_port) = (free_port(), free_port());
     let status_addr = format!("127.0.0.1:{status_port}");

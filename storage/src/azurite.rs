@@ -53,6 +53,8 @@ pub struct AzuriteOptions {
     pub queue_port: u16,
     /// Keep data on disk here; `None` keeps it in memory (faster; lost on stop).
     pub location: Option<PathBuf>,
+    /// A custom account `(name, base64 key)` instead of the well-known development one.
+    pub account: Option<(String, String)>,
 }
 
 /// A running Azurite, stopped on drop.
@@ -62,6 +64,7 @@ pub struct Azurite {
     blob_port: u16,
     queue_port: u16,
     bin: PathBuf,
+    options: AzuriteOptions,
 }
 
 impl Azurite {
@@ -77,51 +80,42 @@ impl Azurite {
     }
 
     /// Starts Azurite and waits until both services accept connections.
-    pub async fn start(options: AzuriteOptions) -> Result<Self, AzuriteError> {
+    pub async fn start(mut options: AzuriteOptions) -> Result<Self, AzuriteError> {
         let bin = Self::find()?;
-        let blob_port = pick_port(options.blob_port)?;
-        let queue_port = pick_port(options.queue_port)?;
-        let table_port = pick_port(0)?;
-        let mut cmd = Command::new(&bin);
-        cmd.args([
-            "--silent",
-            "--skipApiVersionCheck",
-            "--loose",
-            "--disableTelemetry",
-        ])
-        .args([
-            "--blobHost",
-            "127.0.0.1",
-            "--queueHost",
-            "127.0.0.1",
-            "--tableHost",
-            "127.0.0.1",
-        ])
-        .args(["--blobPort", &blob_port.to_string()])
-        .args(["--queuePort", &queue_port.to_string()])
-        .args(["--tablePort", &table_port.to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-        match &options.location {
-            Some(dir) => {
-                std::fs::create_dir_all(dir).map_err(|e| start_err(&bin, e))?;
-                cmd.arg("--location").arg(dir);
-            }
-            None => {
-                cmd.arg("--inMemoryPersistence");
-            }
-        }
-        let child = cmd.spawn().map_err(|e| start_err(&bin, e))?;
+        options.blob_port = pick_port(options.blob_port)?;
+        options.queue_port = pick_port(options.queue_port)?;
+        let child = spawn(&bin, &options)?;
         let mut azurite = Azurite {
             child,
-            blob_port,
-            queue_port,
+            blob_port: options.blob_port,
+            queue_port: options.queue_port,
             bin,
+            options,
         };
         azurite.wait_ready(Duration::from_secs(60)).await?;
         Ok(azurite)
+    }
+
+    /// Stops Azurite gracefully (SIGTERM, so on-disk data is flushed) and waits for it.
+    pub async fn shut_down(&mut self) {
+        if let Some(pid) = self.child.id() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status()
+                .await;
+        }
+        if tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.kill().await;
+        }
+    }
+
+    /// Starts it again on the same ports and data after [`Azurite::shut_down`].
+    pub async fn restart(&mut self) -> Result<(), AzuriteError> {
+        self.child = spawn(&self.bin, &self.options)?;
+        self.wait_ready(Duration::from_secs(60)).await
     }
 
     async fn wait_ready(&mut self, limit: Duration) -> Result<(), AzuriteError> {
@@ -153,7 +147,18 @@ impl Azurite {
 
     /// The connection string for this instance.
     pub fn connection_string(&self) -> ConnectionString {
-        ConnectionString::development_at("127.0.0.1", self.blob_port, self.queue_port)
+        let mut cs = ConnectionString::development_at("127.0.0.1", self.blob_port, self.queue_port);
+        if let Some((name, key)) = &self.options.account {
+            let endpoint = |port: u16| {
+                url::Url::parse(&format!("http://127.0.0.1:{port}/{name}")).expect("loopback URL")
+            };
+            cs.account_name = name.clone();
+            cs.account_key =
+                crate::connection::AccountKey::from_base64(key).expect("a base64 test key");
+            cs.blob_endpoint = endpoint(self.blob_port);
+            cs.queue_endpoint = endpoint(self.queue_port);
+        }
+        cs
     }
 
     /// Blob service port.
@@ -210,6 +215,45 @@ fn find_in(
         }
     }
     Err(AzuriteError::NotInstalled { searched })
+}
+
+fn spawn(bin: &Path, options: &AzuriteOptions) -> Result<Child, AzuriteError> {
+    let table_port = pick_port(0)?;
+    let mut cmd = Command::new(bin);
+    cmd.args([
+        "--silent",
+        "--skipApiVersionCheck",
+        "--loose",
+        "--disableTelemetry",
+    ])
+    .args([
+        "--blobHost",
+        "127.0.0.1",
+        "--queueHost",
+        "127.0.0.1",
+        "--tableHost",
+        "127.0.0.1",
+    ])
+    .args(["--blobPort", &options.blob_port.to_string()])
+    .args(["--queuePort", &options.queue_port.to_string()])
+    .args(["--tablePort", &table_port.to_string()])
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .kill_on_drop(true);
+    if let Some((name, key)) = &options.account {
+        cmd.env("AZURITE_ACCOUNTS", format!("{name}:{key}"));
+    }
+    match &options.location {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).map_err(|e| start_err(bin, e))?;
+            cmd.arg("--location").arg(dir);
+        }
+        None => {
+            cmd.arg("--inMemoryPersistence");
+        }
+    }
+    cmd.spawn().map_err(|e| start_err(bin, e))
 }
 
 fn start_err(bin: &Path, reason: impl ToString) -> AzuriteError {
@@ -271,7 +315,15 @@ impl TestAzurite {
     /// # Panics
     /// When Azurite is not installed or does not start.
     pub async fn private() -> Self {
-        match Azurite::start(AzuriteOptions::default()).await {
+        Self::private_with(AzuriteOptions::default()).await
+    }
+
+    /// A private Azurite with `options` (on-disk data, a custom account).
+    ///
+    /// # Panics
+    /// When Azurite is not installed or does not start.
+    pub async fn private_with(options: AzuriteOptions) -> Self {
+        match Azurite::start(options).await {
             Ok(azurite) => Self {
                 connection_string: azurite.connection_string(),
                 own: Some(azurite),
@@ -282,9 +334,10 @@ impl TestAzurite {
 
     /// A storage account client for the instance.
     pub fn account(&self) -> crate::StorageAccount {
+        // NB: patient retries: tests share Azurite (and two CPU cores) with each other.
         crate::StorageAccount::from_connection_string(
             &self.connection_string,
-            crate::RetrySettings::INTERACTIVE,
+            crate::RetrySettings::BACKGROUND,
         )
         .expect("Azurite connection string gives an account")
     }

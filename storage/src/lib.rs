@@ -36,6 +36,16 @@ pub struct SdkError(pub azure_core::Error);
 
 impl fmt::Display for SdkError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // NB: the service's XML error body is multi-line and adds nothing to its code; one line
+        // per error keeps logs readable.
+        if let azure_core::error::ErrorKind::HttpResponse {
+            status,
+            error_code: Some(code),
+            ..
+        } = self.0.kind()
+        {
+            return write!(f, "HTTP {} {code}", u16::from(*status));
+        }
         let mut text = self.0.to_string();
         let mut source = std::error::Error::source(&self.0);
         while let Some(s) = source {
@@ -46,6 +56,7 @@ impl fmt::Display for SdkError {
             }
             source = s.source();
         }
+        let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
         f.write_str(&redact_signatures(&text))
     }
 }

@@ -336,13 +336,15 @@ impl<H: Handler> Worker<H> {
     }
 }
 
-/// Renews the visibility of every message in `receipts` each half timeout, until aborted.
+/// Renews the visibility of every message in `receipts` every third of the timeout, until
+/// aborted. Renewals run concurrently, so a slow storage service cannot make the last
+/// messages of a batch miss their deadline.
 async fn renew_visibility(
     queue: Arc<QueueClient>,
     receipts: Arc<Mutex<HashMap<String, String>>>,
     timeout: Duration,
 ) {
-    let period = (timeout / 2).max(Duration::from_secs(1));
+    let period = (timeout / 3).max(Duration::from_millis(500));
     let seconds = i32::try_from(timeout.as_secs()).unwrap_or(i32::MAX);
     let popreceipt = azure_core::http::headers::HeaderName::from_static("x-ms-popreceipt");
     loop {
@@ -353,18 +355,81 @@ async fn renew_visibility(
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        for (id, pop) in current {
-            match queue.update_message(&id, &pop, seconds, None).await {
-                Ok(rsp) => {
-                    if let Some(fresh) = rsp.headers().get_optional_str(&popreceipt) {
-                        receipts
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .insert(id, fresh.to_string());
+        let renewals = current.into_iter().map(|(id, pop)| {
+            let (queue, receipts, popreceipt) = (&queue, &receipts, &popreceipt);
+            async move {
+                match queue.update_message(&id, &pop, seconds, None).await {
+                    Ok(rsp) => {
+                        if let Some(fresh) = rsp.headers().get_optional_str(popreceipt) {
+                            receipts
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .insert(id, fresh.to_string());
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(message = %id, "cannot renew visibility: {}", SdkError(e))
                     }
                 }
-                Err(e) => tracing::warn!(message = %id, "cannot renew visibility: {}", SdkError(e)),
             }
-        }
+        });
+        futures::future::join_all(renewals).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cqrs_storage::azurite::{TestAzurite, unique_name};
+
+    #[tokio::test]
+    async fn renewal_keeps_a_message_invisible_and_its_new_pop_receipt_deletes_it() {
+        let azurite = TestAzurite::start().await;
+        let account = azurite.account();
+        let name = unique_name("renew");
+        account.ensure_queue(&name).await.unwrap();
+        let queue = Arc::new(account.queue(&name).unwrap());
+        let message = QueueMessage {
+            message_text: Some("work".into()),
+        };
+        queue
+            .send_message(RequestContent::try_from(message).unwrap(), None)
+            .await
+            .unwrap();
+        let options = QueueClientReceiveMessagesOptions {
+            visibility_timeout: Some(2),
+            ..Default::default()
+        };
+        let received = queue
+            .receive_messages(Some(options))
+            .await
+            .unwrap()
+            .into_model()
+            .unwrap()
+            .items
+            .unwrap()
+            .remove(0);
+        let (id, pop) = (received.message_id.unwrap(), received.pop_receipt.unwrap());
+        let receipts: Arc<Mutex<HashMap<String, String>>> =
+            Arc::new(Mutex::new(HashMap::from([(id.clone(), pop.clone())])));
+
+        let renewer = tokio::spawn(renew_visibility(
+            queue.clone(),
+            receipts.clone(),
+            Duration::from_secs(2),
+        ));
+        // Well past the original 2 s timeout: still invisible thanks to the renewals.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let visible = account.queue_depth(&name).await.unwrap().visible;
+        renewer.abort();
+        assert_eq!(
+            visible,
+            Some(0),
+            "the message became visible despite renewals"
+        );
+        let fresh = receipts.lock().unwrap().get(&id).cloned().unwrap();
+        assert_ne!(fresh, pop, "renewal hands out a new pop receipt");
+        queue.delete_message(&id, &fresh, None).await.unwrap();
+        assert_eq!(account.queue_depth(&name).await.unwrap().approximate, 0);
     }
 }

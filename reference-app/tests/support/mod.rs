@@ -39,6 +39,7 @@ pub struct App {
     web_child: Option<Child>,
     pub workers: Vec<(String, Child, u16)>,
     extra_env: BTreeMap<String, String>,
+    log_dir: Option<std::path::PathBuf>,
 }
 
 fn free_port() -> u16 {
@@ -66,6 +67,8 @@ pub struct Options {
     /// Let the web role's own origin read result blobs (for browsers).
     pub cors_for_web: bool,
     pub extra_env: BTreeMap<String, String>,
+    /// Write each process's output to `<dir>/<role>-<n>.log`.
+    pub log_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for Options {
@@ -75,6 +78,7 @@ impl Default for Options {
             visibility: 30,
             cors_for_web: false,
             extra_env: BTreeMap::new(),
+            log_dir: None,
         }
     }
 }
@@ -163,8 +167,9 @@ impl App {
             web_child: None,
             workers: vec![],
             extra_env,
+            log_dir: options.log_dir.clone(),
         };
-        let child = app.spawn(Role::Web, web_port, &[]);
+        let child = app.spawn(Role::Web, web_port, &[], "web-0");
         app.web = format!("http://127.0.0.1:{web_port}");
         app.web_child = Some(child);
         wait_healthy(web_port).await;
@@ -186,7 +191,7 @@ impl App {
         env
     }
 
-    fn spawn(&self, role: Role<'_>, port: u16, extra: &[(&str, &str)]) -> Child {
+    fn spawn(&self, role: Role<'_>, port: u16, extra: &[(&str, &str)], label: &str) -> Child {
         let arg = match role {
             Role::Web => "web",
             Role::Worker(_) => "worker",
@@ -201,13 +206,16 @@ impl App {
         for (k, v) in extra {
             cmd.env(k, v);
         }
-        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(
-            if std::env::var_os("TEST_APP_LOGS").is_some() {
-                Stdio::inherit()
-            } else {
-                Stdio::null()
-            },
-        );
+        let output = match &self.log_dir {
+            Some(dir) => {
+                Stdio::from(std::fs::File::create(dir.join(format!("{label}.log"))).unwrap())
+            }
+            None if std::env::var_os("TEST_APP_LOGS").is_some() => Stdio::inherit(),
+            None => Stdio::null(),
+        };
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(output);
         cmd.kill_on_drop(true).spawn().unwrap()
     }
 
@@ -221,7 +229,8 @@ impl App {
             .cloned()
             .unwrap();
         let port = free_port();
-        let child = self.spawn(Role::Worker(&spec), port, extra);
+        let label = format!("{worker}-{}", self.workers.len());
+        let child = self.spawn(Role::Worker(&spec), port, extra, &label);
         wait_healthy(port).await;
         self.workers.push((worker.to_string(), child, port));
         self.workers.len() - 1
@@ -325,9 +334,10 @@ where
     }
 }
 
-/// Polls a result URL until the blob holds a token or an error.
+/// Polls a result URL until the blob holds a token or an error (up to 2 minutes: under
+/// chaos a message may wait out several visibility timeouts).
 pub async fn wait_for_result(url: &str) -> serde_json::Value {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     loop {
         let body: serde_json::Value = reqwest::get(url).await.unwrap().json().await.unwrap();
         if !body["registrationToken"].is_null() || body.get("error").is_some() {
@@ -336,4 +346,67 @@ pub async fn wait_for_result(url: &str) -> serde_json::Value {
         assert!(tokio::time::Instant::now() < deadline, "no result in {url}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+impl App {
+    /// Whether every process is still running (none exited or crashed).
+    pub fn all_alive(&mut self) -> bool {
+        let web = self
+            .web_child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none());
+        web && self
+            .workers
+            .iter_mut()
+            .all(|(_, c, _)| c.try_wait().ok().flatten().is_none())
+    }
+
+    /// The private Azurite of this app (panics for a shared one).
+    pub fn own_azurite(&mut self) -> &mut cqrs_storage::azurite::Azurite {
+        self.azurite
+            .own_instance()
+            .expect("this test needs a private Azurite")
+    }
+}
+
+/// Everything the processes and the test wrote to `dir`.
+pub fn read_logs(dir: &std::path::Path) -> String {
+    let mut all = String::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        all.push_str(&std::fs::read_to_string(entry.unwrap().path()).unwrap_or_default());
+    }
+    all
+}
+
+/// A CqrsApp manifest for the local runtime with the reference app's roles on the given
+/// queue and container names; `registrar` and `stocker` are the workers' `scaling` (YAML flow).
+pub fn local_manifest(
+    app: &str,
+    reg: &str,
+    inv: &str,
+    res: &str,
+    rm: &str,
+    registrar: &str,
+    stocker: &str,
+) -> String {
+    let env = format!(
+        "[{{name: REGISTRATION_QUEUE, value: {reg}}}, {{name: INVENTORY_QUEUE, value: {inv}}}, \
+         {{name: RESULTS_CONTAINER, value: {res}}}, {{name: READMODEL_CONTAINER, value: {rm}}}, {{name: SCANNER_KEY, value: {SCANNER_KEY}}}]"
+    );
+    format!(
+        r#"apiVersion: cqrs.dev/v1alpha1
+kind: CqrsApp
+metadata: {{name: {app}}}
+spec:
+  storage: {{connectionSecretRef: {{name: unused}}}}
+  queues:
+    - {{name: {reg}, visibilityTimeoutSeconds: 10}}
+    - {{name: {inv}, visibilityTimeoutSeconds: 10}}
+  containers: [{{name: {res}}}, {{name: {rm}}}]
+  web: {{image: unused, args: [web], env: {env}}}
+  workers:
+    - {{name: registrar, image: unused, args: [worker], queue: {reg}, env: {env}, scaling: {registrar}}}
+    - {{name: stocker, image: unused, args: [worker], queue: {inv}, env: {env}, scaling: {stocker}}}
+"#
+    )
 }
