@@ -80,6 +80,16 @@ fn shutdown_signal() -> watch::Receiver<bool> {
     rx
 }
 
+/// Disables Nagle's algorithm on accepted connections: small responses go out at once.
+fn nodelay(
+    listener: tokio::net::TcpListener,
+) -> impl axum::serve::Listener<Io = tokio::net::TcpStream, Addr = SocketAddr> {
+    use axum::serve::ListenerExt as _;
+    listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    })
+}
+
 async fn listener(port: u16) -> Result<tokio::net::TcpListener, String> {
     let addr = SocketAddr::from(([0, 0, 0, 0], port));
     tokio::net::TcpListener::bind(addr)
@@ -106,7 +116,7 @@ async fn run_web(env: &Env) -> Result<(), String> {
     });
     let mut shutdown = shutdown_signal();
     let closing = inventory.clone();
-    axum::serve(listener, web::router(state))
+    axum::serve(nodelay(listener), web::router(state))
         .with_graceful_shutdown(async move {
             let _ = shutdown.wait_for(|stop| *stop).await;
             // NB: end the event streams, or the graceful shutdown waits for browsers forever.
@@ -130,7 +140,7 @@ async fn run_worker(env: &Env) -> Result<(), String> {
             "/metrics",
             axum::routing::get(move || async move { health_metrics.encode() }),
         );
-    let server = tokio::spawn(async move { axum::serve(listener, health).await });
+    let server = tokio::spawn(async move { axum::serve(nodelay(listener), health).await });
     let shutdown = shutdown_signal();
     let queue = worker_config.queue.clone();
     tracing::info!(%queue, port = config.port, "worker role started");

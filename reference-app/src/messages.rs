@@ -44,6 +44,10 @@ pub struct RegisterCommand {
     pub email: String,
     /// Date of birth, `YYYY-MM-DD`.
     pub date_of_birth: String,
+    /// ETag of the pending result blob the web role wrote, so the worker can write the token
+    /// without reading the blob first (absent in commands put on the queue by hand).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result_etag: Option<String>,
 }
 
 /// A stock adjustment from a scanner (`POST /api/inventory/adjustments`, or straight onto the
@@ -131,6 +135,7 @@ impl RegistrationForm {
             last_name: self.last_name.trim().into(),
             email,
             date_of_birth: self.date_of_birth.trim().into(),
+            result_etag: None,
         })
     }
 }

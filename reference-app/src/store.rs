@@ -22,8 +22,8 @@ pub enum Condition {
 /// The outcome of a conditional write.
 #[derive(Debug)]
 pub enum Written {
-    /// Stored.
-    Ok,
+    /// Stored; the new ETag.
+    Ok(Option<Etag>),
     /// Someone else wrote first (409 or 412).
     Conflict,
 }
@@ -119,7 +119,7 @@ pub async fn write<T: Serialize>(
         .upload(content, Some(options))
         .await
     {
-        Ok(_) => Ok(Written::Ok),
+        Ok(result) => Ok(Written::Ok(result.etag)),
         Err(e) if matches!(e.http_status().map(u16::from), Some(409 | 412)) => {
             Ok(Written::Conflict)
         }

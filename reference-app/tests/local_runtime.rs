@@ -7,22 +7,13 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 use std::time::Duration;
 
-use cqrs_operator::local::{LocalOptions, run};
-use cqrs_storage::azurite::{TestAzurite, unique_name};
+use cqrs_operator::local::run;
+use cqrs_storage::azurite::TestAzurite;
 use futures::StreamExt as _;
 use serde_json::{Value, json};
 use support::wait_until;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 async fn status(addr: &str) -> Value {
     reqwest::get(format!("http://{addr}/status"))
@@ -49,37 +40,12 @@ fn registrar(status: &Value) -> (i64, i64) {
 #[tokio::test]
 async fn workers_scale_up_drain_a_backlog_lose_nothing_when_killed_and_return_to_zero() {
     let azurite = TestAzurite::start().await;
-    let (reg, inv, res, rm) = (
-        unique_name("reg"),
-        unique_name("inv"),
-        unique_name("res"),
-        unique_name("rm"),
-    );
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("app.yaml");
     let scaling = "{minReplicas: 0, maxReplicas: 3, targetQueueLength: 40, pollingInterval: 1, cooldownPeriod: 3, scaleDown: {stabilizationWindowSeconds: 0}}";
-    std::fs::write(
-        &file,
-        support::local_manifest("localtest", &reg, &inv, &res, &rm, scaling, scaling),
-    )
-    .unwrap();
-    let exe = PathBuf::from(env!("CARGO_BIN_EXE_reference-app"));
-    let (web_port, status_port) = (free_port(), free_port());
-    let status_addr = format!("127.0.0.1:{status_port}");
-    let options = LocalOptions {
-        manifest: file,
-        runs: [
-            ("web".to_string(), exe.clone()),
-            ("worker".to_string(), exe),
-        ]
-        .into_iter()
-        .collect(),
-        connection_string: azurite.connection_string.clone(),
-        status_addr: status_addr.parse().unwrap(),
-        web_port: Some(web_port),
-    };
+    let setup = support::LocalSetup::new(dir.path(), "localtest", scaling);
+    let status_addr = setup.status_addr.clone();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let runtime = tokio::spawn(run(options, async move {
+    let runtime = tokio::spawn(run(setup.options(&azurite), async move {
         let _ = stopped.await;
     }));
     wait_until("the local runtime to be ready", || async {
@@ -129,7 +95,7 @@ async fn workers_scale_up_drain_a_backlog_lose_nothing_when_killed_and_return_to
     };
 
     // A backlog of 600 registrations through the web role, 16 at a time.
-    let web = format!("http://127.0.0.1:{web_port}");
+    let web = setup.web();
     wait_until("the web role", || async {
         reqwest::get(format!("{web}/healthz")).await.is_ok()
     })

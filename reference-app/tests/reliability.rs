@@ -10,19 +10,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use base64::Engine as _;
-use cqrs_operator::local::{LocalOptions, run};
-use cqrs_storage::azurite::{AzuriteOptions, TestAzurite, unique_name};
+use cqrs_operator::local::run;
+use cqrs_storage::azurite::{AzuriteOptions, TestAzurite};
 use futures::StreamExt as _;
 use serde_json::{Value, json};
 use support::{App, Options, SCANNER_KEY, read_logs, wait_for_result, wait_until};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A random account key nobody else uses, so a leak is unambiguous.
 fn secret_key() -> String {
@@ -208,40 +200,15 @@ fn operator_binary() -> PathBuf {
 async fn killing_workers_repeatedly_loses_nothing() {
     // Its own Azurite: this load would starve the tests sharing the run's instance.
     let azurite = TestAzurite::private().await;
-    let (reg, inv, res, rm) = (
-        unique_name("reg"),
-        unique_name("inv"),
-        unique_name("res"),
-        unique_name("rm"),
-    );
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("app.yaml");
     let scaling = "{minReplicas: 2, maxReplicas: 3, targetQueueLength: 50, pollingInterval: 1, cooldownPeriod: 5}";
-    std::fs::write(
-        &file,
-        support::local_manifest("chaos", &reg, &inv, &res, &rm, scaling, scaling),
-    )
-    .unwrap();
-    let exe = PathBuf::from(env!("CARGO_BIN_EXE_reference-app"));
-    let (web_port, status_port) = (free_port(), free_port());
-    let status_addr = format!("127.0.0.1:{status_port}");
-    let options = LocalOptions {
-        manifest: file,
-        runs: [
-            ("web".to_string(), exe.clone()),
-            ("worker".to_string(), exe),
-        ]
-        .into_iter()
-        .collect(),
-        connection_string: azurite.connection_string.clone(),
-        status_addr: status_addr.parse().unwrap(),
-        web_port: Some(web_port),
-    };
+    let setup = support::LocalSetup::new(dir.path(), "chaos", scaling);
+    let status_addr = setup.status_addr.clone();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let runtime = tokio::spawn(run(options, async move {
+    let runtime = tokio::spawn(run(setup.options(&azurite), async move {
         let _ = stopped.await;
     }));
-    let web = format!("http://127.0.0.1:{web_port}");
+    let web = setup.web();
     wait_until("the web role", || async {
         reqwest::get(format!("{web}/healthz")).await.is_ok()
     })
@@ -490,36 +457,24 @@ async fn secrets_never_reach_logs_status_or_metrics() {
     .await;
     let cs = azurite.connection_string.to_connection_string();
     assert!(cs.contains(&key));
-    let (reg, inv, res, rm) = (
-        unique_name("reg"),
-        unique_name("inv"),
-        unique_name("res"),
-        unique_name("rm"),
-    );
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("app.yaml");
-    let scaling = "{minReplicas: 1, maxReplicas: 1}";
-    std::fs::write(
-        &file,
-        support::local_manifest("secrets", &reg, &inv, &res, &rm, scaling, scaling),
-    )
-    .unwrap();
-    let (web_port, status_port) = (free_port(), free_port());
+    let setup = support::LocalSetup::new(dir.path(), "secrets", "{minReplicas: 1, maxReplicas: 1}");
+    let inv = &setup.names.inventory;
     let log = dir.path().join("runtime.log");
     let exe = env!("CARGO_BIN_EXE_reference-app");
     let mut runtime = tokio::process::Command::new(operator_binary())
-        .args(["local", "-f", file.to_str().unwrap()])
+        .args(["local", "-f", setup.manifest.to_str().unwrap()])
         .arg(format!("--run=web={exe}"))
         .arg(format!("--run=worker={exe}"))
-        .arg(format!("--status-addr=127.0.0.1:{status_port}"))
-        .arg(format!("--web-port={web_port}"))
+        .arg(format!("--status-addr={}", setup.status_addr))
+        .arg(format!("--web-port={}", setup.web_port))
         .env("CQRS_STORAGE_CONNECTION_STRING", &cs)
         .stdout(std::fs::File::create(dir.path().join("runtime.out")).unwrap())
         .stderr(std::fs::File::create(&log).unwrap())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let web = format!("http://127.0.0.1:{web_port}");
+    let web = setup.web();
     wait_until("the web role", || async {
         reqwest::get(format!("{web}/healthz")).await.is_ok()
     })
@@ -550,7 +505,7 @@ async fn secrets_never_reach_logs_status_or_metrics() {
         message_text: Some("garbage".into()),
     };
     account
-        .queue(&inv)
+        .queue(inv)
         .unwrap()
         .send_message(message.try_into().unwrap(), None)
         .await
@@ -562,13 +517,13 @@ async fn secrets_never_reach_logs_status_or_metrics() {
             .is_ok_and(|d| d.approximate == 1)
     })
     .await;
-    let status = reqwest::get(format!("http://127.0.0.1:{status_port}/status"))
+    let status = reqwest::get(format!("http://{}/status", setup.status_addr))
         .await
         .unwrap()
         .text()
         .await
         .unwrap();
-    let metrics = reqwest::get(format!("http://127.0.0.1:{status_port}/metrics"))
+    let metrics = reqwest::get(format!("http://{}/metrics", setup.status_addr))
         .await
         .unwrap()
         .text()
@@ -600,7 +555,7 @@ async fn secrets_never_reach_logs_status_or_metrics() {
         .args([
             "local",
             "-f",
-            file.to_str().unwrap(),
+            setup.manifest.to_str().unwrap(),
             "--run=worker=/bin/true",
             "--run=web=/bin/true",
         ])

@@ -79,21 +79,32 @@ impl Azurite {
         )
     }
 
-    /// Starts Azurite and waits until both services accept connections.
-    pub async fn start(mut options: AzuriteOptions) -> Result<Self, AzuriteError> {
+    /// Starts Azurite and waits until both services accept connections. Ports left at 0 are
+    /// picked free; when another process takes one before Azurite binds it (tests start
+    /// many in parallel), it tries again on fresh ones.
+    pub async fn start(options: AzuriteOptions) -> Result<Self, AzuriteError> {
         let bin = Self::find()?;
-        options.blob_port = pick_port(options.blob_port)?;
-        options.queue_port = pick_port(options.queue_port)?;
-        let child = spawn(&bin, &options)?;
-        let mut azurite = Azurite {
-            child,
-            blob_port: options.blob_port,
-            queue_port: options.queue_port,
-            bin,
-            options,
-        };
-        azurite.wait_ready(Duration::from_secs(60)).await?;
-        Ok(azurite)
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut options = options.clone();
+            options.blob_port = pick_port(options.blob_port)?;
+            options.queue_port = pick_port(options.queue_port)?;
+            let child = spawn(&bin, &options)?;
+            let mut azurite = Azurite {
+                child,
+                blob_port: options.blob_port,
+                queue_port: options.queue_port,
+                bin: bin.clone(),
+                options,
+            };
+            match azurite.wait_ready(Duration::from_secs(60)).await {
+                Ok(()) => return Ok(azurite),
+                Err(AzuriteError::Start { reason, .. })
+                    if reason.contains("EADDRINUSE") && attempt < 3 => {}
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Stops Azurite gracefully (SIGTERM, so on-disk data is flushed) and waits for it.

@@ -3,6 +3,8 @@
 //! Each task lives in its own module; all shell out to `cargo`, `npm` and friends with
 //! `std::process`, so this crate stays small and builds in seconds.
 
+mod azurite;
+mod bench;
 mod chart;
 mod crd;
 mod e2e;
@@ -23,6 +25,9 @@ tasks:
           all tests against a real Azurite
   e2e     the chart with its demo on a kind cluster (needs Docker, kind, kubectl, Helm, curl;
           --keep leaves the cluster)
+  bench   benchmarks on release builds, each against a baseline measured in the same run;
+          writes bench/results.md and the README table (--quick: short runs;
+          --only <name>: one benchmark; both write target/bench-partial.md instead)
   images  build the operator and reference app container images (needs Docker)
   crd     regenerate charts/cqrs-operator/crds/ from the Rust types
   tools   install the test tools (Azurite, playwright-core, Chromium, Python chart tools) without running anything
@@ -33,6 +38,7 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("up") => up::run(),
         Some("e2e") => e2e::run(&args[1..]),
+        Some("bench") => bench::run(&args[1..]),
         Some("images") => images::build(),
         Some("test") => test::run(&args[1..]),
         Some("crd") => crd::write(),

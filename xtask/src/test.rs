@@ -1,12 +1,12 @@
 //! `cargo xtask test`: everything CI checks, in the order that fails fastest.
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Child, Stdio};
+use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 
-use crate::shell::{cargo, on_path, root, step};
+use crate::azurite::{self, free_port};
+use crate::shell::{cargo, on_path, step};
 use crate::{crd, tools};
 
 /// Runs the checks; extra arguments go to the test runner (e.g. a test name filter).
@@ -76,63 +76,44 @@ fn nextest_available() -> bool {
             .is_ok_and(|s| s.success())
 }
 
-/// One Azurite for the whole test run (tests each use their own queue and container names),
+/// One Azurite for the whole test run (and for the benchmarks) (tests each use their own queue and container names),
 /// in memory, on free loopback ports, stopped when dropped.
-struct SharedAzurite {
+pub struct SharedAzurite {
     child: Child,
     blob: u16,
     queue: u16,
 }
 
 impl SharedAzurite {
-    fn start(bin: &std::path::Path) -> Result<Self> {
+    /// Starts it on free ports, trying fresh ones when another process took a port between
+    /// our check and Azurite's bind.
+    pub fn start(bin: &std::path::Path) -> Result<Self> {
         println!("\n==> starting Azurite for the tests");
-        let [blob, queue, table] = [free_port()?, free_port()?, free_port()?];
-        let child = Command::new(bin)
-            .args([
-                "--silent",
-                "--skipApiVersionCheck",
-                "--loose",
-                "--disableTelemetry",
-                "--inMemoryPersistence",
-            ])
-            .args([
-                "--blobHost",
-                "127.0.0.1",
-                "--queueHost",
-                "127.0.0.1",
-                "--tableHost",
-                "127.0.0.1",
-            ])
-            .args([
-                "--blobPort",
-                &blob.to_string(),
-                "--queuePort",
-                &queue.to_string(),
-                "--tablePort",
-                &table.to_string(),
-            ])
-            .current_dir(root())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .with_context(|| format!("cannot start {}", bin.display()))?;
-        let mut azurite = SharedAzurite { child, blob, queue };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !(listening(blob) && listening(queue)) {
-            if let Some(status) = azurite.child.try_wait()? {
-                bail!("Azurite exited during start-up ({status})");
+        let mut last = None;
+        for _ in 0..3 {
+            let (blob, queue) = (free_port()?, free_port()?);
+            let mut child = azurite::spawn(bin, blob, queue, None, false)?;
+            match azurite::wait_listening(&mut child, blob, queue) {
+                Ok(Ok(())) => {
+                    println!("    listening: blob 127.0.0.1:{blob}, queue 127.0.0.1:{queue}");
+                    return Ok(SharedAzurite { child, blob, queue });
+                }
+                Ok(Err(status)) => last = Some(status),
+                Err(e) => {
+                    azurite::stop(&mut child);
+                    return Err(e);
+                }
             }
-            if Instant::now() > deadline {
-                bail!("Azurite did not listen on ports {blob}/{queue} within 60s");
-            }
-            std::thread::sleep(Duration::from_millis(100));
         }
-        println!("    listening: blob 127.0.0.1:{blob}, queue 127.0.0.1:{queue}");
-        Ok(azurite)
+        bail!(
+            "Azurite exited during start-up three times (last: {}); run {} by hand to see why",
+            last.map_or_else(String::new, |s| s.to_string()),
+            bin.display()
+        )
     }
 
-    fn connection_string(&self) -> String {
+    /// Its connection string.
+    pub fn connection_string(&self) -> String {
         // The well-known Azurite development account (documented by Microsoft; not a secret).
         format!(
             "AccountName=devstoreaccount1;AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;\
@@ -144,16 +125,6 @@ impl SharedAzurite {
 
 impl Drop for SharedAzurite {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        azurite::stop(&mut self.child);
     }
-}
-
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-fn listening(port: u16) -> bool {
-    std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200))
-        .is_ok()
 }

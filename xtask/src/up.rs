@@ -1,14 +1,14 @@
 //! `cargo xtask up`: the reference app on this machine, on Azurite, with autoscaling workers.
 
-use std::net::{TcpListener, TcpStream};
-use std::os::unix::process::CommandExt as _;
-use std::process::{Child, Command, Stdio};
+use std::net::TcpListener;
+use std::process::{Child, Command};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+use crate::azurite::{self, listening};
 use crate::shell::{cargo, root, step};
 use crate::tools;
 
@@ -17,10 +17,6 @@ const WEB_PORT: u16 = 8080;
 const STATUS_PORT: u16 = 9090;
 const BLOB_PORT: u16 = 10000;
 const QUEUE_PORT: u16 = 10001;
-
-fn listening(port: u16) -> bool {
-    TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(300)).is_ok()
-}
 
 fn free(port: u16) -> Result<()> {
     TcpListener::bind(("0.0.0.0", port)).map(drop).with_context(|| {
@@ -34,8 +30,7 @@ struct OwnAzurite(Option<Child>);
 impl Drop for OwnAzurite {
     fn drop(&mut self) {
         if let Some(child) = &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
+            azurite::stop(child);
             println!("stopped Azurite");
         }
     }
@@ -59,52 +54,22 @@ fn azurite() -> Result<OwnAzurite> {
     let bin = tools::azurite()?;
     let data = root().join(".tools/azurite-data");
     std::fs::create_dir_all(&data)?;
-    let table = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     println!("\n==> starting Azurite (data in .tools/azurite-data)");
-    let child = Command::new(&bin)
-        .args([
-            "--silent",
-            "--skipApiVersionCheck",
-            "--loose",
-            "--disableTelemetry",
-        ])
-        .args([
-            "--blobHost",
-            "127.0.0.1",
-            "--queueHost",
-            "127.0.0.1",
-            "--tableHost",
-            "127.0.0.1",
-        ])
-        .args([
-            "--blobPort",
-            &BLOB_PORT.to_string(),
-            "--queuePort",
-            &QUEUE_PORT.to_string(),
-            "--tablePort",
-            &table.to_string(),
-        ])
-        .arg("--location")
-        .arg(&data)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        // NB: its own process group, so Ctrl-C stops the app first, with Azurite still up.
-        .process_group(0)
-        .spawn()
-        .with_context(|| format!("cannot start {}", bin.display()))?;
-    let mut own = OwnAzurite(Some(child));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !(listening(BLOB_PORT) && listening(QUEUE_PORT)) {
-        if let Some(child) = &mut own.0
-            && let Some(status) = child.try_wait()?
-        {
-            own.0 = None;
-            bail!("Azurite exited during start-up ({status})");
-        }
-        if Instant::now() > deadline {
-            bail!("Azurite did not listen on {BLOB_PORT}/{QUEUE_PORT} within 60 s");
-        }
-        std::thread::sleep(Duration::from_millis(100));
+    let mut own = OwnAzurite(Some(azurite::spawn(
+        &bin,
+        BLOB_PORT,
+        QUEUE_PORT,
+        Some(&data),
+        true,
+    )?));
+    if let Some(child) = &mut own.0
+        && let Err(status) = azurite::wait_listening(child, BLOB_PORT, QUEUE_PORT)?
+    {
+        own.0 = None;
+        bail!(
+            "Azurite exited during start-up ({status}); run {} by hand to see why",
+            bin.display()
+        );
     }
     println!("    listening: blob 127.0.0.1:{BLOB_PORT}, queue 127.0.0.1:{QUEUE_PORT}");
     Ok(own)

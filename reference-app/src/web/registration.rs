@@ -14,7 +14,7 @@ use time::{Duration, OffsetDateTime};
 
 use super::{ApiError, AppState};
 use crate::messages::RegistrationForm;
-use crate::store::{self, Condition};
+use crate::store::{self, Condition, Written};
 use crate::worker::registration::{RegistrationResult, result_blob};
 
 /// How long a result URL stays valid.
@@ -27,15 +27,15 @@ pub async fn register(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let form = body.map_err(ApiError::from_json)?.0;
     let id = uuid::Uuid::new_v4().to_string();
-    let command = form
+    let mut command = form
         .into_command(id.clone(), OffsetDateTime::now_utc().date())
         .map_err(ApiError::Fields)?;
     let cfg = &state.config;
     let blob = result_blob(&id);
 
     // NB: the blob first, so a worker always finds it; a failed enqueue leaves only a pending
-    // blob nobody polls.
-    store::write(
+    // blob nobody polls. Its ETag travels with the command (the worker then needs no read).
+    let written = store::write(
         &cfg.account,
         &cfg.results_container,
         &blob,
@@ -44,6 +44,9 @@ pub async fn register(
     )
     .await
     .map_err(|e| ApiError::storage("cannot create the result blob", e))?;
+    if let Written::Ok(etag) = written {
+        command.result_etag = etag.map(|e| e.to_string());
+    }
     let text = serde_json::to_string(&command)
         .map_err(|e| ApiError::storage("cannot encode the command", e))?;
     let content: RequestContent<QueueMessage, _> = QueueMessage {

@@ -117,7 +117,7 @@ impl Inventory {
             )
             .await?
             {
-                Written::Ok => return Ok(true),
+                Written::Ok(_) => return Ok(true),
                 Written::Conflict => {
                     // Another worker wrote first; back off a little (more each time) and retry.
                     let jitter = u64::from(uuid::Uuid::new_v4().as_bytes()[0] % 20);

@@ -263,41 +263,59 @@ impl<H: Handler> Worker<H> {
         ));
         let outcomes = self.handler.handle(&commands).await;
         renewer.abort();
+        // Settled concurrently: one round trip for the batch, not one per message.
+        let settled =
+            work.iter()
+                .zip(&commands)
+                .zip(outcomes)
+                .map(|((message, command), outcome)| {
+                    let pop = receipts
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get(&message.id)
+                        .cloned()
+                        .unwrap_or_default();
+                    self.settle(message, pop, command, outcome, started)
+                });
+        futures::future::join_all(settled).await;
+    }
+
+    /// Deletes a handled message, leaves a failed one for redelivery, poisons a rejected one.
+    async fn settle(
+        &self,
+        message: &Received,
+        pop: String,
+        command: &H::Command,
+        outcome: Outcome,
+        started: std::time::Instant,
+    ) {
         let queue = AppMetrics::queue(&self.config.queue);
-        for ((message, command), outcome) in work.iter().zip(&commands).zip(outcomes) {
-            let pop = receipts
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(&message.id)
-                .cloned()
-                .unwrap_or_default();
-            match outcome {
-                Outcome::Done => match self.queue.delete_message(&message.id, &pop, None).await {
-                    Ok(_) => {
-                        self.metrics.processed.get_or_create(&queue).inc();
-                        self.metrics
-                            .handling_seconds
-                            .observe(started.elapsed().as_secs_f64());
-                        if let Some(inserted) = message.inserted {
-                            self.metrics.age_seconds.observe(
-                                (OffsetDateTime::now_utc() - inserted)
-                                    .as_seconds_f64()
-                                    .max(0.0),
-                            );
-                        }
+        match outcome {
+            Outcome::Done => match self.queue.delete_message(&message.id, &pop, None).await {
+                Ok(_) => {
+                    self.metrics.processed.get_or_create(&queue).inc();
+                    self.metrics
+                        .handling_seconds
+                        .observe(started.elapsed().as_secs_f64());
+                    if let Some(inserted) = message.inserted {
+                        self.metrics.age_seconds.observe(
+                            (OffsetDateTime::now_utc() - inserted)
+                                .as_seconds_f64()
+                                .max(0.0),
+                        );
                     }
-                    // NB: handled but not deleted: it will be redelivered, and the handlers are
-                    // idempotent, so it will count once.
-                    Err(e) => {
-                        tracing::warn!(message = %message.id, "handled, but cannot delete: {}", SdkError(e))
-                    }
-                },
-                Outcome::Retry(reason) => {
-                    self.metrics.failed.get_or_create(&queue).inc();
-                    tracing::warn!(queue = %self.config.queue, message = %message.id, attempt = message.dequeue_count, "will be retried: {reason}");
                 }
-                Outcome::Reject(reason) => self.poison(message, &pop, Some(command), &reason).await,
+                // NB: handled but not deleted: it will be redelivered, and the handlers are
+                // idempotent, so it will count once.
+                Err(e) => {
+                    tracing::warn!(message = %message.id, "handled, but cannot delete: {}", SdkError(e))
+                }
+            },
+            Outcome::Retry(reason) => {
+                self.metrics.failed.get_or_create(&queue).inc();
+                tracing::warn!(queue = %self.config.queue, message = %message.id, attempt = message.dequeue_count, "will be retried: {reason}");
             }
+            Outcome::Reject(reason) => self.poison(message, &pop, Some(command), &reason).await,
         }
     }
 

@@ -92,12 +92,20 @@ impl Registrations {
             return Ok(Outcome::Done);
         }
         let blob = result_blob(&cmd.id);
-        let current =
-            store::read::<RegistrationResult>(&self.account, &self.results, &blob).await?;
-        if current.as_ref().is_some_and(|(r, _)| r.finished()) {
-            return Ok(Outcome::Done);
-        }
-        let etag = current.and_then(|(_, etag)| etag);
+        // NB: the web role sends the pending blob's ETag, so the common path writes the token
+        // without reading the blob first; a redelivered or duplicated command fails the
+        // If-Match below and is sorted out there.
+        let etag = match &cmd.result_etag {
+            Some(tag) => Some(azure_core::http::Etag::from(tag.clone())),
+            None => {
+                let current =
+                    store::read::<RegistrationResult>(&self.account, &self.results, &blob).await?;
+                if current.as_ref().is_some_and(|(r, _)| r.finished()) {
+                    return Ok(Outcome::Done);
+                }
+                current.and_then(|(_, etag)| etag)
+            }
+        };
 
         let claim = EmailClaim {
             registration_id: cmd.id.clone(),
@@ -112,7 +120,7 @@ impl Registrations {
         )
         .await?
         {
-            Written::Ok => true,
+            Written::Ok(_) => true,
             Written::Conflict => {
                 store::read::<EmailClaim>(&self.account, &self.readmodels, &claim_name)
                     .await?
@@ -132,7 +140,7 @@ impl Registrations {
         };
         let condition = etag.map_or(Condition::Create, Condition::Match);
         match store::write(&self.account, &self.results, &blob, &result, condition).await? {
-            Written::Ok => Ok(Outcome::Done),
+            Written::Ok(_) => Ok(Outcome::Done),
             // Another worker finished this registration first: check it did.
             Written::Conflict => {
                 match store::read::<RegistrationResult>(&self.account, &self.results, &blob).await?

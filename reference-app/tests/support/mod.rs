@@ -29,6 +29,18 @@ pub struct Names {
     pub readmodels: String,
 }
 
+impl Names {
+    /// Names no other test uses.
+    pub fn fresh() -> Self {
+        Self {
+            registrations: unique_name("reg"),
+            inventory: unique_name("inv"),
+            results: unique_name("res"),
+            readmodels: unique_name("rm"),
+        }
+    }
+}
+
 /// A running app: web and workers as child processes, killed on drop.
 pub struct App {
     pub azurite: TestAzurite,
@@ -96,12 +108,7 @@ impl App {
         let cors_origin = options
             .cors_for_web
             .then(|| format!("http://127.0.0.1:{web_port}"));
-        let names = Names {
-            registrations: unique_name("reg"),
-            inventory: unique_name("inv"),
-            results: unique_name("res"),
-            readmodels: unique_name("rm"),
-        };
+        let names = Names::fresh();
         let spec = CqrsAppSpec {
             storage: StorageSpec {
                 connection_secret_ref: None,
@@ -378,17 +385,15 @@ pub fn read_logs(dir: &std::path::Path) -> String {
     all
 }
 
-/// A CqrsApp manifest for the local runtime with the reference app's roles on the given
-/// queue and container names; `registrar` and `stocker` are the workers' `scaling` (YAML flow).
-pub fn local_manifest(
-    app: &str,
-    reg: &str,
-    inv: &str,
-    res: &str,
-    rm: &str,
-    registrar: &str,
-    stocker: &str,
-) -> String {
+/// A CqrsApp manifest for the local runtime with the reference app's roles on `names`;
+/// `scaling` is both workers' `scaling` (YAML flow).
+pub fn local_manifest(app: &str, names: &Names, scaling: &str) -> String {
+    let Names {
+        registrations: reg,
+        inventory: inv,
+        results: res,
+        readmodels: rm,
+    } = names;
     let env = format!(
         "[{{name: REGISTRATION_QUEUE, value: {reg}}}, {{name: INVENTORY_QUEUE, value: {inv}}}, \
          {{name: RESULTS_CONTAINER, value: {res}}}, {{name: READMODEL_CONTAINER, value: {rm}}}, {{name: SCANNER_KEY, value: {SCANNER_KEY}}}]"
@@ -405,8 +410,52 @@ spec:
   containers: [{{name: {res}}}, {{name: {rm}}}]
   web: {{image: unused, args: [web], env: {env}}}
   workers:
-    - {{name: registrar, image: unused, args: [worker], queue: {reg}, env: {env}, scaling: {registrar}}}
-    - {{name: stocker, image: unused, args: [worker], queue: {inv}, env: {env}, scaling: {stocker}}}
+    - {{name: registrar, image: unused, args: [worker], queue: {reg}, env: {env}, scaling: {scaling}}}
+    - {{name: stocker, image: unused, args: [worker], queue: {inv}, env: {env}, scaling: {scaling}}}
 "#
     )
+}
+
+/// A local-runtime setup on fresh names: the manifest written to `dir/app.yaml` and free
+/// ports for the web role and the status endpoint.
+pub struct LocalSetup {
+    pub names: Names,
+    pub manifest: std::path::PathBuf,
+    pub web_port: u16,
+    pub status_addr: String,
+}
+
+impl LocalSetup {
+    pub fn new(dir: &std::path::Path, app: &str, scaling: &str) -> Self {
+        let names = Names::fresh();
+        let manifest = dir.join("app.yaml");
+        std::fs::write(&manifest, local_manifest(app, &names, scaling)).unwrap();
+        Self {
+            names,
+            manifest,
+            web_port: free_port(),
+            status_addr: format!("127.0.0.1:{}", free_port()),
+        }
+    }
+
+    pub fn web(&self) -> String {
+        format!("http://127.0.0.1:{}", self.web_port)
+    }
+
+    /// Options for running it in process, with the reference app's binary as every role.
+    pub fn options(&self, azurite: &TestAzurite) -> cqrs_operator::local::LocalOptions {
+        let exe = std::path::PathBuf::from(env!("CARGO_BIN_EXE_reference-app"));
+        cqrs_operator::local::LocalOptions {
+            manifest: self.manifest.clone(),
+            runs: [
+                ("web".to_string(), exe.clone()),
+                ("worker".to_string(), exe),
+            ]
+            .into_iter()
+            .collect(),
+            connection_string: azurite.connection_string.clone(),
+            status_addr: self.status_addr.parse().unwrap(),
+            web_port: Some(self.web_port),
+        }
+    }
 }

@@ -1,0 +1,314 @@
+//! What every benchmark shares: the storage account, fresh names, the app under test run by
+//! the local runtime (release binaries, as users run them), statistics and the result rows.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use cqrs_storage::{ConnectionString, StorageAccount};
+use serde_json::Value;
+use tokio::process::{Child, Command};
+
+/// Where the benchmarks run.
+pub struct Bench {
+    /// Azurite.
+    pub cs: ConnectionString,
+    /// A client for it.
+    pub account: StorageAccount,
+    /// The release binaries.
+    pub bin_dir: PathBuf,
+    /// Scratch space.
+    pub work: PathBuf,
+    /// Fewer and shorter runs (a smoke test of the harness).
+    pub quick: bool,
+}
+
+impl Bench {
+    /// Repetitions of each measurement (the reported figure is their median).
+    pub fn runs(&self) -> usize {
+        if self.quick { 1 } else { 3 }
+    }
+
+    /// `long` normally, `short` in quick mode.
+    pub fn secs(&self, long: u64, short: u64) -> Duration {
+        Duration::from_secs(if self.quick { short } else { long })
+    }
+}
+
+/// Queue and container names nobody else uses.
+#[derive(Clone, Debug)]
+pub struct Names {
+    pub reg: String,
+    pub inv: String,
+    pub res: String,
+    pub rm: String,
+}
+
+impl Names {
+    pub fn fresh() -> Self {
+        use cqrs_storage::azurite::unique_name;
+        Self {
+            reg: unique_name("breg"),
+            inv: unique_name("binv"),
+            res: unique_name("bres"),
+            rm: unique_name("brm"),
+        }
+    }
+
+    /// The storage plan of these names.
+    pub fn plan(&self) -> cqrs_storage::StoragePlan {
+        cqrs_storage::StoragePlan {
+            owner: format!("bench-{}", self.reg),
+            queues: vec![self.reg.clone(), self.inv.clone()],
+            containers: vec![self.res.clone(), self.rm.clone()],
+            cors: vec![],
+        }
+    }
+}
+
+/// Scaling that keeps a role at exactly `n` replicas.
+pub fn fixed(n: u32) -> String {
+    if n == 0 {
+        // Never wakes: no messages exceed this activation threshold in a benchmark.
+        "{minReplicas: 0, maxReplicas: 1, activationQueueLength: 1000000000}".into()
+    } else {
+        format!("{{minReplicas: {n}, maxReplicas: {n}}}")
+    }
+}
+
+fn manifest(names: &Names, registrar: &str, stocker: &str) -> String {
+    let Names { reg, inv, res, rm } = names;
+    let env = format!(
+        "[{{name: REGISTRATION_QUEUE, value: {reg}}}, {{name: INVENTORY_QUEUE, value: {inv}}}, \
+         {{name: RESULTS_CONTAINER, value: {res}}}, {{name: READMODEL_CONTAINER, value: {rm}}}, \
+         {{name: SCANNER_KEY, value: bench-key}}, {{name: RUST_LOG, value: warn}}]"
+    );
+    format!(
+        "apiVersion: cqrs.dev/v1alpha1\nkind: CqrsApp\nmetadata: {{name: bench}}\nspec:\n  storage: {{connectionSecretRef: {{name: unused}}}}\n  \
+         queues: [{{name: {reg}}}, {{name: {inv}}}]\n  containers: [{{name: {res}}}, {{name: {rm}}}]\n  \
+         web: {{image: unused, args: [web], env: {env}}}\n  workers:\n    \
+         - {{name: registrar, image: unused, args: [worker], queue: {reg}, env: {env}, scaling: {registrar}}}\n    \
+         - {{name: stocker, image: unused, args: [worker], queue: {inv}, env: {env}, scaling: {stocker}}}\n"
+    )
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// The reference app run by `cqrs-operator local`.
+pub struct Runtime {
+    child: Child,
+    /// `127.0.0.1:<port>` of /status and /metrics.
+    pub status: String,
+    /// `http://127.0.0.1:<port>` of the web role.
+    pub web: String,
+    http: reqwest::Client,
+}
+
+impl Runtime {
+    /// Starts the app with `registrar` and `stocker` scaling (YAML flow) and waits until the
+    /// web role answers.
+    pub async fn start(
+        bench: &Bench,
+        names: &Names,
+        registrar: &str,
+        stocker: &str,
+    ) -> Result<Self> {
+        let file = bench.work.join(format!("{}.yaml", names.reg));
+        std::fs::write(&file, manifest(names, registrar, stocker))?;
+        let (status_port, web_port) = (free_port()?, free_port()?);
+        let app = bench.bin_dir.join("reference-app");
+        // Kept in the work folder (removed after a successful run) for when a run goes wrong.
+        let log = std::fs::File::create(bench.work.join(format!("{}.log", names.reg)))?;
+        let child = Command::new(bench.bin_dir.join("cqrs-operator"))
+            .arg("local")
+            .arg("-f")
+            .arg(&file)
+            .arg(format!("--run=web={}", app.display()))
+            .arg(format!("--run=worker={}", app.display()))
+            .arg(format!("--status-addr=127.0.0.1:{status_port}"))
+            .arg(format!("--web-port={web_port}"))
+            .env(
+                "CQRS_STORAGE_CONNECTION_STRING",
+                bench.cs.to_connection_string(),
+            )
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .context("cannot start cqrs-operator local")?;
+        let runtime = Runtime {
+            child,
+            status: format!("127.0.0.1:{status_port}"),
+            web: format!("http://127.0.0.1:{web_port}"),
+            http: reqwest::Client::new(),
+        };
+        let url = format!("{}/healthz", runtime.web);
+        wait_until("the web role", Duration::from_secs(60), || async {
+            runtime.http.get(&url).send().await.is_ok()
+        })
+        .await?;
+        Ok(runtime)
+    }
+
+    /// The runtime's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// `processes` from /status.
+    pub async fn processes(&self) -> Result<Vec<Value>> {
+        let status: Value = self
+            .http
+            .get(format!("http://{}/status", self.status))
+            .send()
+            .await?
+            .json()
+            .await?;
+        Ok(status["processes"].as_array().cloned().unwrap_or_default())
+    }
+
+    /// The metrics port of the first running replica of `role`.
+    pub async fn worker_port(&self, role: &str) -> Result<u16> {
+        let mut found = None;
+        wait_until(
+            &format!("a running {role}"),
+            Duration::from_secs(60),
+            || async {
+                let processes = self.processes().await.unwrap_or_default();
+                let running = processes
+                    .iter()
+                    .find(|p| p["role"] == role && p["pid"].is_i64())
+                    .and_then(|p| p["port"].as_u64());
+                running.is_some()
+            },
+        )
+        .await?;
+        for p in self.processes().await? {
+            if p["role"] == role && p["pid"].is_i64() {
+                found = p["port"].as_u64().and_then(|p| u16::try_from(p).ok());
+            }
+        }
+        found.context("no running replica")
+    }
+
+    /// Stops it (SIGTERM) and waits.
+    pub async fn stop(mut self) {
+        if let Some(pid) = self.child.id() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status()
+                .await;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(60), self.child.wait()).await;
+    }
+}
+
+/// Reads a counter (summed over labels) from a worker's /metrics.
+pub async fn counter(http: &reqwest::Client, port: u16, name: &str) -> f64 {
+    let Ok(response) = http
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .send()
+        .await
+    else {
+        return 0.0;
+    };
+    let text = response.text().await.unwrap_or_default();
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Polls `condition` every 20 ms until it holds or `limit` passes.
+pub async fn wait_until<F, Fut>(what: &str, limit: Duration, condition: F) -> Result<()>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    while !condition().await {
+        if tokio::time::Instant::now() > deadline {
+            bail!("timed out after {limit:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// The median of `values`.
+pub fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+/// The `p`-th percentile (0..=100) of `values`, nearest rank.
+pub fn percentile(values: &[f64], p: f64) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil().max(1.0) as usize;
+    sorted[rank.min(sorted.len()) - 1]
+}
+
+/// One line of the results table.
+#[derive(Clone, Debug)]
+pub struct Row {
+    pub name: String,
+    pub result: String,
+    pub baseline: String,
+    pub ratio: String,
+    pub goal: String,
+    pub met: Option<bool>,
+}
+
+impl Row {
+    pub fn new(
+        name: &str,
+        result: String,
+        baseline: String,
+        ratio: String,
+        goal: &str,
+        met: Option<bool>,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            result,
+            baseline,
+            ratio,
+            goal: goal.into(),
+            met,
+        }
+    }
+}
+
+/// The table in Markdown.
+pub fn table(rows: &[Row]) -> String {
+    let mut out = String::from(
+        "| Benchmark | Result | Baseline (same run) | Ratio | Goal | Met |\n|---|---|---|---|---|---|\n",
+    );
+    for r in rows {
+        let met = match r.met {
+            Some(true) => "yes",
+            Some(false) => "**no**",
+            None => "",
+        };
+        out.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {met} |\n",
+            r.name, r.result, r.baseline, r.ratio, r.goal
+        ));
+    }
+    out
+}

@@ -1,0 +1,242 @@
+//! Worker drain rate: one worker replica emptying a prefilled queue, against a raw
+//! receive-and-delete loop written with the same SDK.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use azure_core::http::{Etag, RequestContent};
+use azure_storage_blob::models::BlockBlobClientUploadOptions;
+use azure_storage_queue::QueueClient;
+use azure_storage_queue::models::{QueueClientReceiveMessagesOptions, QueueMessage};
+use cqrs_storage::Provisioner;
+use futures::StreamExt as _;
+
+use crate::common::{Bench, Names, Row, Runtime, counter, fixed, median, wait_until};
+
+/// What the queue holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Registration,
+    Inventory,
+}
+
+async fn prefill(bench: &Bench, names: &Names, kind: Kind, n: usize) -> Result<()> {
+    let queue = match kind {
+        Kind::Registration => &names.reg,
+        Kind::Inventory => &names.inv,
+    };
+    let client = bench.account.queue(queue)?;
+    let sends = (0..n).map(|i| {
+        let client = &client;
+        let names = names.clone();
+        let account = bench.account.clone();
+        async move {
+            let text = match kind {
+                Kind::Registration => {
+                    let id = uuid::Uuid::new_v4().to_string();
+                    // The web role writes the pending result blob before enqueueing.
+                    let blob = format!("registrations/{id}.json");
+                    let pending: RequestContent<azure_core::Bytes, _> = azure_core::Bytes::from_static(br#"{"registrationToken":null}"#).into();
+                    let etag = account.blob(&names.res, &blob).upload(pending, None).await?.etag.map(|e| e.to_string());
+                    serde_json::json!({"id": id, "firstName": "B", "lastName": "C", "email": format!("drain-{id}@example.com"), "dateOfBirth": "1990-01-01", "resultEtag": etag})
+                        .to_string()
+                }
+                Kind::Inventory => serde_json::json!({"commandId": uuid::Uuid::new_v4().to_string(), "location": format!("shop-{}", i % 10), "item": format!("pie-{}", i % 20), "delta": 1}).to_string(),
+            };
+            let content: RequestContent<QueueMessage, _> = QueueMessage { message_text: Some(text) }.try_into()?;
+            client.send_message(content, None).await?;
+            anyhow::Ok(())
+        }
+    });
+    let results: Vec<Result<()>> = futures::stream::iter(sends)
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    results.into_iter().collect()
+}
+
+/// A raw consumer of `n` prefilled messages: receive 32, run `handle(id, pop receipt, text)`
+/// on each concurrently (it deletes the message when done), until `n` are handled; msg/s.
+async fn raw_loop<F, Fut>(queue: &QueueClient, n: usize, handle: F) -> Result<f64>
+where
+    F: Fn(String, String, String) -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let started = Instant::now();
+    let mut done = 0;
+    while done < n {
+        let options = QueueClientReceiveMessagesOptions {
+            number_of_messages: Some(32),
+            visibility_timeout: Some(60),
+            ..Default::default()
+        };
+        let messages = queue
+            .receive_messages(Some(options))
+            .await?
+            .into_model()?
+            .items
+            .unwrap_or_default();
+        let work = messages
+            .into_iter()
+            .filter_map(|m| Some(handle(m.message_id?, m.pop_receipt?, m.message_text?)));
+        done += futures::future::join_all(work)
+            .await
+            .into_iter()
+            .filter(|ok| *ok)
+            .count();
+    }
+    Ok(n as f64 / started.elapsed().as_secs_f64())
+}
+
+/// The baseline: receive and delete, nothing else.
+async fn raw_rate(bench: &Bench, n: usize) -> Result<f64> {
+    let names = Names::fresh();
+    bench.account.provision(&names.plan()).await?;
+    prefill(bench, &names, Kind::Inventory, n).await?;
+    let queue = bench.account.queue(&names.inv)?;
+    raw_loop(&queue, n, |id, pop, _| {
+        let queue = &queue;
+        async move { queue.delete_message(&id, &pop, None).await.is_ok() }
+    })
+    .await
+}
+
+/// A raw loop making the registration worker's storage calls itself: for each message claim
+/// the address, write the token with If-Match, delete.
+async fn raw_registration_rate(bench: &Bench, n: usize) -> Result<f64> {
+    let names = Names::fresh();
+    bench.account.provision(&names.plan()).await?;
+    prefill(bench, &names, Kind::Registration, n).await?;
+    let queue = bench.account.queue(&names.reg)?;
+    raw_loop(&queue, n, |id, pop, text| {
+        let (queue, account, names) = (&queue, &bench.account, &names);
+        async move {
+            let Ok(cmd) = serde_json::from_str::<serde_json::Value>(&text) else {
+                return false;
+            };
+            let (rid, email) = (
+                cmd["id"].as_str().unwrap_or_default(),
+                cmd["email"].as_str().unwrap_or_default(),
+            );
+            let claim: RequestContent<azure_core::Bytes, _> =
+                azure_core::Bytes::from(format!(r#"{{"registrationId":"{rid}"}}"#)).into();
+            let create = BlockBlobClientUploadOptions {
+                if_none_match: Some(Etag::from("*")),
+                ..Default::default()
+            };
+            if account
+                .blob(&names.rm, &format!("registrations/by-email/{email}.json"))
+                .upload(claim, Some(create))
+                .await
+                .is_err()
+            {
+                return false;
+            }
+            let token: RequestContent<azure_core::Bytes, _> =
+                azure_core::Bytes::from_static(br#"{"registrationToken":"RT-RAW"}"#).into();
+            let matching = BlockBlobClientUploadOptions {
+                if_match: cmd["resultEtag"]
+                    .as_str()
+                    .map(|e| Etag::from(e.to_string())),
+                ..Default::default()
+            };
+            if account
+                .blob(&names.res, &format!("registrations/{rid}.json"))
+                .upload(token, Some(matching))
+                .await
+                .is_err()
+            {
+                return false;
+            }
+            queue.delete_message(&id, &pop, None).await.is_ok()
+        }
+    })
+    .await
+}
+
+/// One worker replica draining `n` prefilled messages of `kind`.
+async fn worker_rate(bench: &Bench, kind: Kind, n: usize) -> Result<f64> {
+    let names = Names::fresh();
+    bench.account.provision(&names.plan()).await?;
+    prefill(bench, &names, kind, n).await?;
+    let (registrar, stocker, role) = match kind {
+        Kind::Registration => (fixed(1), fixed(0), "registrar"),
+        Kind::Inventory => (fixed(0), fixed(1), "stocker"),
+    };
+    let queue = match kind {
+        Kind::Registration => &names.reg,
+        Kind::Inventory => &names.inv,
+    };
+    let runtime = Runtime::start(bench, &names, &registrar, &stocker).await?;
+    let port = runtime.worker_port(role).await?;
+    let http = reqwest::Client::new();
+    let started = Instant::now();
+    // Drained: every message counted, or the queue empty (its approximate count includes
+    // messages in flight). NB: the second matters when a delete's answer was lost and its
+    // retry found the message gone: the worker does not count what it could not delete.
+    wait_until(
+        "the worker to drain the queue",
+        Duration::from_secs(600),
+        || async {
+            counter(&http, port, "pieshop_messages_processed_total").await >= n as f64
+                || bench
+                    .account
+                    .queue_depth(queue)
+                    .await
+                    .is_ok_and(|d| d.approximate == 0)
+        },
+    )
+    .await?;
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    runtime.stop().await;
+    Ok(rate)
+}
+
+/// The drain rows.
+pub async fn run(bench: &Bench) -> Result<Vec<Row>> {
+    let (n_raw, n_reg, n_inv) = if bench.quick {
+        (300, 200, 300)
+    } else {
+        (3000, 1500, 3000)
+    };
+    let (mut raw, mut raw_work, mut reg, mut inv) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..bench.runs() {
+        raw.push(raw_rate(bench, n_raw).await?);
+        raw_work.push(raw_registration_rate(bench, n_reg).await?);
+        reg.push(worker_rate(bench, Kind::Registration, n_reg).await?);
+        inv.push(worker_rate(bench, Kind::Inventory, n_inv).await?);
+    }
+    let (raw, raw_work, reg, inv) = (median(raw), median(raw_work), median(reg), median(inv));
+    let row = |name: &str, rate: f64, base: f64, what: &str| {
+        let ratio = rate / base;
+        Row::new(
+            name,
+            format!("{rate:.0} msg/s"),
+            format!("{base:.0} msg/s ({what})"),
+            format!("{ratio:.2}×"),
+            "≥ 0.8×",
+            Some(ratio >= 0.8),
+        )
+    };
+    Ok(vec![
+        row(
+            "Worker drain, registrations (1 replica)",
+            reg,
+            raw,
+            "raw receive + delete loop",
+        ),
+        row(
+            "Worker drain, registrations (1 replica)",
+            reg,
+            raw_work,
+            "raw loop making the same storage calls",
+        ),
+        row(
+            "Worker drain, inventory (1 replica)",
+            inv,
+            raw,
+            "raw receive + delete loop",
+        ),
+    ])
+}

@@ -1,0 +1,204 @@
+//! End to end: `POST /api/registrations` until the token is visible in the result blob
+//! (polled every 20 ms for a second, then every 250 ms; a browser polls every second), against a minimal pipeline doing the
+//! same storage calls directly (producer: blob + enqueue; two consumers: receive, write the
+//! token, delete).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Result;
+use azure_core::http::RequestContent;
+use azure_storage_queue::models::{QueueClientReceiveMessagesOptions, QueueMessage};
+use cqrs_storage::{Provisioner, StorageAccount};
+
+use crate::common::{Bench, Names, Row, Runtime, fixed, median, percentile};
+use crate::load::open_loop;
+
+/// Polling: every 20 ms for the first second (precise latencies), then every 250 ms (so a
+/// backlog of pending results does not flood storage with reads).
+fn poll_delay(waited: Duration) -> Duration {
+    if waited < Duration::from_secs(1) {
+        Duration::from_millis(20)
+    } else {
+        Duration::from_millis(250)
+    }
+}
+
+async fn token_visible(http: &reqwest::Client, url: &str) -> bool {
+    let start = tokio::time::Instant::now();
+    let deadline = start + Duration::from_secs(60);
+    while tokio::time::Instant::now() < deadline {
+        if let Ok(r) = http.get(url).send().await
+            && let Ok(body) = r.json::<serde_json::Value>().await
+            && body["registrationToken"].is_string()
+        {
+            return true;
+        }
+        tokio::time::sleep(poll_delay(start.elapsed())).await;
+    }
+    false
+}
+
+async fn through_app(http: reqwest::Client, web: String, i: usize) -> bool {
+    let body = serde_json::json!({"firstName": "E", "lastName": "F", "email": format!("e2e-{i}-{}@example.com", uuid::Uuid::new_v4()), "dateOfBirth": "1990-01-01"});
+    let Ok(response) = http
+        .post(format!("{web}/api/registrations"))
+        .json(&body)
+        .send()
+        .await
+    else {
+        return false;
+    };
+    let Ok(accepted) = response.json::<serde_json::Value>().await else {
+        return false;
+    };
+    let Some(url) = accepted["resultUrl"].as_str() else {
+        return false;
+    };
+    token_visible(&http, url).await
+}
+
+async fn through_raw(http: reqwest::Client, account: StorageAccount, names: Names) -> bool {
+    let id = uuid::Uuid::new_v4().to_string();
+    let blob = format!("registrations/{id}.json");
+    let pending: RequestContent<azure_core::Bytes, _> =
+        azure_core::Bytes::from_static(br#"{"registrationToken":null}"#).into();
+    if account
+        .blob(&names.res, &blob)
+        .upload(pending, None)
+        .await
+        .is_err()
+    {
+        return false;
+    }
+    let Ok(content) = RequestContent::try_from(QueueMessage {
+        message_text: Some(id.clone()),
+    }) else {
+        return false;
+    };
+    let Ok(queue) = account.queue(&names.reg) else {
+        return false;
+    };
+    if queue.send_message(content, None).await.is_err() {
+        return false;
+    }
+    let Ok(url) = account
+        .blob_read_url(
+            &names.res,
+            &blob,
+            time::OffsetDateTime::now_utc() + time::Duration::hours(1),
+        )
+        .await
+    else {
+        return false;
+    };
+    token_visible(&http, url.as_str()).await
+}
+
+/// A minimal consumer: receive, write the token blob, delete; 100 ms pause when empty.
+async fn raw_consumer(account: StorageAccount, names: Names, stop: Arc<AtomicBool>) {
+    let Ok(queue) = account.queue(&names.reg) else {
+        return;
+    };
+    while !stop.load(Ordering::Relaxed) {
+        let options = QueueClientReceiveMessagesOptions {
+            number_of_messages: Some(32),
+            visibility_timeout: Some(30),
+            ..Default::default()
+        };
+        let Ok(messages) = queue
+            .receive_messages(Some(options))
+            .await
+            .and_then(|r| r.into_model())
+        else {
+            continue;
+        };
+        let messages = messages.items.unwrap_or_default();
+        if messages.is_empty() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        let work = messages.into_iter().map(|m| {
+            let (account, names, queue) = (&account, &names, &queue);
+            async move {
+                let (Some(id), Some(pop), Some(text)) =
+                    (m.message_id, m.pop_receipt, m.message_text)
+                else {
+                    return;
+                };
+                let token =
+                    serde_json::json!({"registrationToken": format!("RAW-{text}")}).to_string();
+                let body: RequestContent<azure_core::Bytes, _> =
+                    azure_core::Bytes::from(token).into();
+                if account
+                    .blob(&names.res, &format!("registrations/{text}.json"))
+                    .upload(body, None)
+                    .await
+                    .is_ok()
+                {
+                    let _ = queue.delete_message(&id, &pop, None).await;
+                }
+            }
+        });
+        futures::future::join_all(work).await;
+    }
+}
+
+/// End-to-end rows at 50 and 200 registrations per second.
+pub async fn run(bench: &Bench) -> Result<Vec<Row>> {
+    let http = reqwest::Client::new();
+    let duration = bench.secs(10, 3);
+    let mut rows = Vec::new();
+    for rate in [50.0, 200.0] {
+        let (mut app50, mut app99, mut raw50, mut raw99, mut errors) =
+            (vec![], vec![], vec![], vec![], 0);
+        for _ in 0..bench.runs() {
+            let names = Names::fresh();
+            bench.account.provision(&names.plan()).await?;
+            let runtime = Runtime::start(bench, &names, &fixed(2), &fixed(0)).await?;
+            runtime.worker_port("registrar").await?;
+            let app = open_loop(rate, duration, |i| {
+                through_app(http.clone(), runtime.web.clone(), i)
+            })
+            .await;
+            runtime.stop().await;
+
+            let raw_names = Names::fresh();
+            bench.account.provision(&raw_names.plan()).await?;
+            let stop = Arc::new(AtomicBool::new(false));
+            let consumers: Vec<_> = (0..2)
+                .map(|_| {
+                    tokio::spawn(raw_consumer(
+                        bench.account.clone(),
+                        raw_names.clone(),
+                        stop.clone(),
+                    ))
+                })
+                .collect();
+            let raw = open_loop(rate, duration, |_| {
+                through_raw(http.clone(), bench.account.clone(), raw_names.clone())
+            })
+            .await;
+            stop.store(true, Ordering::Relaxed);
+            for c in consumers {
+                let _ = c.await;
+            }
+            app50.push(percentile(&app.latencies_ms, 50.0));
+            app99.push(percentile(&app.latencies_ms, 99.0));
+            raw50.push(percentile(&raw.latencies_ms, 50.0));
+            raw99.push(percentile(&raw.latencies_ms, 99.0));
+            errors += app.errors;
+        }
+        let (a50, a99, r50, r99) = (median(app50), median(app99), median(raw50), median(raw99));
+        rows.push(Row::new(
+            &format!("End to end at {rate:.0} registrations/s (2 workers): POST → token visible, p50 / p99"),
+            format!("{a50:.0} / {a99:.0} ms{}", if errors > 0 { format!(" ({errors} failed)") } else { String::new() }),
+            format!("{r50:.0} / {r99:.0} ms (same storage calls, minimal code)"),
+            format!("{:.2}× / {:.2}×", a50 / r50, a99 / r99),
+            "",
+            None,
+        ));
+    }
+    Ok(rows)
+}

@@ -1,0 +1,123 @@
+//! `cqrs-bench`: the benchmarks behind `cargo xtask bench`. Each figure is the median of
+//! several runs and is compared with a baseline measured in the same run, on Azurite.
+
+mod common;
+mod drain;
+mod e2e;
+mod http;
+mod load;
+mod memory;
+mod scale;
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use cqrs_storage::{ConnectionString, RetrySettings, StorageAccount};
+
+use common::{Bench, Row, table};
+
+fn arg(args: &[String], name: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+}
+
+fn machine() -> String {
+    let cpus = std::thread::available_parallelism().map_or(0, usize::from);
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    format!("{cpus} cores ({model})")
+}
+
+/// The benchmarks, in the order they run.
+const NAMES: [&str; 6] = ["drain", "command", "query", "e2e", "scale", "memory"];
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("static-server") => {
+            let port: u16 = arg(&args, "--port").context("--port")?.parse()?;
+            let file = PathBuf::from(arg(&args, "--file").context("--file")?);
+            http::static_server(port, &file).await
+        }
+        Some("run") => run(&args).await,
+        _ => bail!(
+            "usage: cqrs-bench run --azurite <connection string> --bin-dir <dir> --out <file> [--quick] [--only <name>]"
+        ),
+    }
+}
+
+async fn run(args: &[String]) -> Result<()> {
+    let cs = ConnectionString::parse(&arg(args, "--azurite").context("--azurite")?)?;
+    let work = std::env::temp_dir().join(format!("cqrs-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+    let bench = Bench {
+        account: StorageAccount::from_connection_string(&cs, RetrySettings::BACKGROUND)?,
+        cs,
+        bin_dir: PathBuf::from(arg(args, "--bin-dir").context("--bin-dir")?),
+        work,
+        quick: args.iter().any(|a| a == "--quick"),
+    };
+    let only = arg(args, "--only");
+    if let Some(name) = &only
+        && !NAMES.contains(&name.as_str())
+    {
+        bail!(
+            "--only {name}: unknown benchmark; expected one of {}",
+            NAMES.join(", ")
+        );
+    }
+    let out = PathBuf::from(arg(args, "--out").context("--out")?);
+    let mut rows: Vec<Row> = Vec::new();
+    let selected = |name: &str| only.as_deref().is_none_or(|o| o == name);
+    macro_rules! measure {
+        ($name:literal, $run:expr) => {
+            if selected($name) {
+                eprintln!("==> {}", $name);
+                let started = std::time::Instant::now();
+                let new: Vec<Row> = $run.await.with_context(|| {
+                    format!(
+                        "benchmark {} (process logs in {})",
+                        $name,
+                        bench.work.display()
+                    )
+                })?;
+                eprintln!("    done in {:.0}s", started.elapsed().as_secs_f64());
+                eprint!("{}", table(&new));
+                rows.extend(new);
+            }
+        };
+    }
+    measure!("drain", drain::run(&bench));
+    measure!("command", http::command_path(&bench));
+    measure!("query", http::query_path(&bench));
+    measure!("e2e", e2e::run(&bench));
+    measure!("scale", scale::run(&bench));
+    measure!("memory", memory::run(&bench));
+    let date = time::OffsetDateTime::now_utc().date();
+    let report = format!(
+        "Measured {date} on {}, against Azurite (in memory) on the same machine; release builds; \
+         each figure is the median of {} run(s){}.\n\n{}",
+        machine(),
+        bench.runs(),
+        if bench.quick {
+            " (quick mode: shorter runs, not for quoting)"
+        } else {
+            ""
+        },
+        table(&rows)
+    );
+    println!("\n{report}");
+    std::fs::write(&out, &report).with_context(|| format!("cannot write {}", out.display()))?;
+    let _ = std::fs::remove_dir_all(&bench.work);
+    Ok(())
+}
