@@ -12,6 +12,7 @@ mod scale;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
+use cqrs_storage::azurite::{Azurite, AzuriteOptions};
 use cqrs_storage::{ConnectionString, RetrySettings, StorageAccount};
 
 use common::{Bench, Row, table};
@@ -51,22 +52,19 @@ async fn main() -> Result<()> {
         }
         Some("run") => run(&args).await,
         _ => bail!(
-            "usage: cqrs-bench run --azurite <connection string> --bin-dir <dir> --out <file> [--quick] [--only <name>]"
+            "usage: cqrs-bench run --bin-dir <dir> --out <file> [--azurite <connection string>] [--quick] [--only <name>]\n(without --azurite each benchmark starts its own Azurite: $CQRS_AZURITE_BIN or .tools/azurite)"
         ),
     }
 }
 
 async fn run(args: &[String]) -> Result<()> {
-    let cs = ConnectionString::parse(&arg(args, "--azurite").context("--azurite")?)?;
     let work = std::env::temp_dir().join(format!("cqrs-bench-{}", std::process::id()));
     std::fs::create_dir_all(&work)?;
-    let bench = Bench {
-        account: StorageAccount::from_connection_string(&cs, RetrySettings::BACKGROUND)?,
-        cs,
-        bin_dir: PathBuf::from(arg(args, "--bin-dir").context("--bin-dir")?),
-        work,
-        quick: args.iter().any(|a| a == "--quick"),
-    };
+    let shared = arg(args, "--azurite")
+        .map(|cs| ConnectionString::parse(&cs))
+        .transpose()?;
+    let bin_dir = PathBuf::from(arg(args, "--bin-dir").context("--bin-dir")?);
+    let quick = args.iter().any(|a| a == "--quick");
     let only = arg(args, "--only");
     if let Some(name) = &only
         && !NAMES.contains(&name.as_str())
@@ -78,38 +76,49 @@ async fn run(args: &[String]) -> Result<()> {
     }
     let out = PathBuf::from(arg(args, "--out").context("--out")?);
     let mut rows: Vec<Row> = Vec::new();
-    let selected = |name: &str| only.as_deref().is_none_or(|o| o == name);
-    macro_rules! measure {
-        ($name:literal, $run:expr) => {
-            if selected($name) {
-                eprintln!("==> {}", $name);
-                let started = std::time::Instant::now();
-                let new: Vec<Row> = $run.await.with_context(|| {
-                    format!(
-                        "benchmark {} (process logs in {})",
-                        $name,
-                        bench.work.display()
-                    )
-                })?;
-                eprintln!("    done in {:.0}s", started.elapsed().as_secs_f64());
-                eprint!("{}", table(&new));
-                rows.extend(new);
-            }
+    let mut runs = 0;
+    for name in NAMES {
+        if only.as_deref().is_some_and(|o| o != name) {
+            continue;
+        }
+        eprintln!("==> {name}");
+        // A fresh in-memory Azurite per benchmark (unless one is given), so what one leaves
+        // behind cannot slow the next.
+        let own = match &shared {
+            Some(_) => None,
+            None => Some(Azurite::start(AzuriteOptions::default()).await?),
         };
+        let cs = match (&shared, &own) {
+            (Some(cs), _) => cs.clone(),
+            (None, Some(azurite)) => azurite.connection_string(),
+            (None, None) => unreachable!("one of them is set"),
+        };
+        let bench = Bench {
+            account: StorageAccount::from_connection_string(&cs, RetrySettings::BACKGROUND)?,
+            cs,
+            bin_dir: bin_dir.clone(),
+            work: work.clone(),
+            quick,
+        };
+        runs = bench.runs();
+        let started = std::time::Instant::now();
+        let new = measure(name, &bench)
+            .await
+            .with_context(|| format!("benchmark {name} (process logs in {})", work.display()))?;
+        eprintln!("    done in {:.0}s", started.elapsed().as_secs_f64());
+        eprint!("{}", table(&new));
+        rows.extend(new);
+        if let Some(azurite) = own {
+            azurite.stop().await;
+        }
     }
-    measure!("drain", drain::run(&bench));
-    measure!("command", http::command_path(&bench));
-    measure!("query", http::query_path(&bench));
-    measure!("e2e", e2e::run(&bench));
-    measure!("scale", scale::run(&bench));
-    measure!("memory", memory::run(&bench));
     let date = time::OffsetDateTime::now_utc().date();
     let report = format!(
         "Measured {date} on {}, against Azurite (in memory) on the same machine; release builds; \
          each figure is the median of {} run(s){}.\n\n{}",
         machine(),
-        bench.runs(),
-        if bench.quick {
+        runs,
+        if quick {
             " (quick mode: shorter runs, not for quoting)"
         } else {
             ""
@@ -118,6 +127,18 @@ async fn run(args: &[String]) -> Result<()> {
     );
     println!("\n{report}");
     std::fs::write(&out, &report).with_context(|| format!("cannot write {}", out.display()))?;
-    let _ = std::fs::remove_dir_all(&bench.work);
+    let _ = std::fs::remove_dir_all(&work);
     Ok(())
+}
+
+async fn measure(name: &str, bench: &Bench) -> Result<Vec<Row>> {
+    match name {
+        "drain" => drain::run(bench).await,
+        "command" => http::command_path(bench).await,
+        "query" => http::query_path(bench).await,
+        "e2e" => e2e::run(bench).await,
+        "scale" => scale::run(bench).await,
+        "memory" => memory::run(bench).await,
+        other => bail!("unknown benchmark {other}"),
+    }
 }

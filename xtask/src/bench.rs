@@ -30,7 +30,6 @@ pub fn run(args: &[String]) -> Result<()> {
             "cqrs-bench",
         ]),
     )?;
-    let azurite = crate::test::SharedAzurite::start(&azurite_bin)?;
     let target =
         std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), Into::into);
     let bin_dir = target.join("release");
@@ -40,8 +39,9 @@ pub fn run(args: &[String]) -> Result<()> {
         root().join("bench/results.md")
     };
     let mut cmd = Command::new(bin_dir.join("cqrs-bench"));
+    // Each benchmark starts a fresh Azurite of its own from this install.
     cmd.arg("run")
-        .args(["--azurite", &azurite.connection_string()])
+        .env("CQRS_AZURITE_BIN", &azurite_bin)
         .arg("--bin-dir")
         .arg(&bin_dir)
         .arg("--out")
@@ -51,7 +51,6 @@ pub fn run(args: &[String]) -> Result<()> {
         "benchmarks (each against a baseline measured in the same run)",
         &mut cmd,
     );
-    drop(azurite);
     result?;
     if partial {
         println!(

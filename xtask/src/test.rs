@@ -76,9 +76,9 @@ fn nextest_available() -> bool {
             .is_ok_and(|s| s.success())
 }
 
-/// One Azurite for the whole test run (and for the benchmarks) (tests each use their own queue and container names),
+/// One Azurite for the whole test run (tests each use their own queue and container names),
 /// in memory, on free loopback ports, stopped when dropped.
-pub struct SharedAzurite {
+struct SharedAzurite {
     child: Child,
     blob: u16,
     queue: u16,
