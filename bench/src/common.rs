@@ -6,11 +6,13 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use cqrs_storage::{ConnectionString, StorageAccount};
+use cqrs_storage::azurite::{Azurite, AzuriteOptions};
+use cqrs_storage::{ConnectionString, RetrySettings, StorageAccount};
 use serde_json::Value;
 use tokio::process::{Child, Command};
 
 /// Where the benchmarks run.
+#[derive(Clone)]
 pub struct Bench {
     /// Azurite.
     pub cs: ConnectionString,
@@ -22,12 +24,60 @@ pub struct Bench {
     pub work: PathBuf,
     /// Fewer and shorter runs (a smoke test of the harness).
     pub quick: bool,
+    /// Azurite was given (`--azurite`): every measurement shares it instead of starting its own.
+    pub shared: bool,
+}
+
+/// A [`Bench`] on an Azurite of its own (stopped by [`Fresh::stop`]), or on the shared one.
+pub struct Fresh {
+    pub bench: Bench,
+    azurite: Option<Azurite>,
+}
+
+impl Fresh {
+    /// Stops the Azurite this measurement started, if any.
+    pub async fn stop(self) {
+        if let Some(azurite) = self.azurite {
+            azurite.stop().await;
+        }
+    }
 }
 
 impl Bench {
     /// Repetitions of each measurement (the reported figure is their median).
     pub fn runs(&self) -> usize {
         if self.quick { 1 } else { 3 }
+    }
+
+    /// A context on a fresh in-memory Azurite, for measurements that load storage heavily:
+    /// Azurite (one Node process) slows down as its in-memory state grows and can stall for
+    /// seconds after an overload, which would otherwise leak into the next measurement.
+    pub async fn fresh(&self) -> Result<Fresh> {
+        if self.shared {
+            return Ok(Fresh {
+                bench: self.clone(),
+                azurite: None,
+            });
+        }
+        let azurite = Azurite::start(AzuriteOptions::default()).await?;
+        let cs = azurite.connection_string();
+        let bench = Bench {
+            account: StorageAccount::from_connection_string(&cs, RetrySettings::BACKGROUND)?,
+            cs,
+            ..self.clone()
+        };
+        Ok(Fresh {
+            bench,
+            azurite: Some(azurite),
+        })
+    }
+
+    /// Runs one measurement on a [fresh](Self::fresh) Azurite.
+    pub async fn on_fresh<T>(&self, measure: impl AsyncFnOnce(&Bench) -> Result<T>) -> Result<T> {
+        let fresh = self.fresh().await?;
+        let result = measure(&fresh.bench).await;
+        fresh.stop().await;
+        result
     }
 
     /// `long` normally, `short` in quick mode.

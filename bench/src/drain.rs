@@ -213,10 +213,22 @@ pub async fn run(bench: &Bench) -> Result<Vec<Row>> {
     let (mut raw, mut raw_work, mut reg, mut inv) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..bench.runs() {
-        raw.push(raw_rate(bench, n_raw).await?);
-        raw_work.push(raw_registration_rate(bench, n_reg).await?);
-        reg.push(worker_rate(bench, Kind::Registration, n_reg).await?);
-        inv.push(worker_rate(bench, Kind::Inventory, n_inv).await?);
+        raw.push(bench.on_fresh(async |b| raw_rate(b, n_raw).await).await?);
+        raw_work.push(
+            bench
+                .on_fresh(async |b| raw_registration_rate(b, n_reg).await)
+                .await?,
+        );
+        reg.push(
+            bench
+                .on_fresh(async |b| worker_rate(b, Kind::Registration, n_reg).await)
+                .await?,
+        );
+        inv.push(
+            bench
+                .on_fresh(async |b| worker_rate(b, Kind::Inventory, n_inv).await)
+                .await?,
+        );
         eprintln!(
             "    run {}: raw {:.0}, raw registration {:.0}, registrations {:.0}, inventory {:.0} msg/s",
             raw.len(),

@@ -99,6 +99,7 @@ async fn run(args: &[String]) -> Result<()> {
             bin_dir: bin_dir.clone(),
             work: work.clone(),
             quick,
+            shared: shared.is_some(),
         };
         runs = bench.runs();
         let started = std::time::Instant::now();

@@ -18,7 +18,7 @@ use tokio::sync::watch;
 
 use config::{AppConfig, WorkerConfig};
 use metrics::AppMetrics;
-use web::{AppState, InventoryCache};
+use web::{Admission, AppState, InventoryCache};
 use worker::Worker;
 use worker::inventory::Inventory;
 use worker::registration::Registrations;
@@ -98,6 +98,12 @@ async fn listener(port: u16) -> Result<tokio::net::TcpListener, String> {
 }
 
 async fn run_web(env: &Env) -> Result<(), String> {
+    let max_in_flight: usize = env
+        .parse_or("WEB_MAX_IN_FLIGHT", Admission::DEFAULT_LIMIT)
+        .map_err(|e| e.to_string())?;
+    if max_in_flight == 0 {
+        return Err("WEB_MAX_IN_FLIGHT: must be at least 1 (the commands the web role lets wait on storage at once)".into());
+    }
     let config = AppConfig::from_env(env, RetrySettings::INTERACTIVE).map_err(|e| e.to_string())?;
     let scanner_key = env.get("SCANNER_KEY").map(String::from);
     if scanner_key.is_none() {
@@ -113,6 +119,7 @@ async fn run_web(env: &Env) -> Result<(), String> {
         scanner_key,
         inventory: inventory.clone(),
         metrics: Arc::new(AppMetrics::default()),
+        admission: Admission::new(max_in_flight),
     });
     let mut shutdown = shutdown_signal();
     let closing = inventory.clone();

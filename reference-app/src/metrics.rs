@@ -3,6 +3,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -40,6 +41,10 @@ pub struct AppMetrics {
     pub age_seconds: Histogram,
     /// HTTP responses by route and status.
     pub responses: Family<RouteLabels, Counter>,
+    /// Commands waiting on storage in the web role (set when scraped).
+    pub commands_in_flight: Gauge,
+    /// Commands refused at once because too many were waiting on storage.
+    pub commands_shed: Counter,
 }
 
 impl Default for AppMetrics {
@@ -53,6 +58,8 @@ impl Default for AppMetrics {
             handling_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             age_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 16)),
             responses: Family::default(),
+            commands_in_flight: Gauge::default(),
+            commands_shed: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -89,6 +96,16 @@ impl Default for AppMetrics {
             "http_responses",
             "HTTP responses by route and status",
             m.responses.clone(),
+        );
+        registry.register(
+            "commands_in_flight",
+            "Commands waiting on storage in the web role",
+            m.commands_in_flight.clone(),
+        );
+        registry.register(
+            "commands_shed",
+            "Commands answered 503 at once because WEB_MAX_IN_FLIGHT were waiting on storage",
+            m.commands_shed.clone(),
         );
         Self { registry, ..m }
     }

@@ -57,6 +57,126 @@ fn post_registration_result(
         .send()
 }
 
+/// The sum of a metric's series on a role's `/metrics`.
+async fn metric(base: &str, name: &str) -> u64 {
+    reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+        .lines()
+        .filter(|l| l.split([' ', '{']).next() == Some(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// A storage endpoint that accepts connections and never answers (a stalled account).
+async fn stalled_storage() -> (u16, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    (port, task)
+}
+
+#[tokio::test]
+async fn past_web_max_in_flight_commands_get_503_at_once_instead_of_piling_up() {
+    let (port, _stalled) = stalled_storage().await;
+    let account = format!(
+        "DefaultEndpointsProtocol=http;AccountName=stalled;AccountKey={};BlobEndpoint=http://127.0.0.1:{port}/stalled;QueueEndpoint=http://127.0.0.1:{port}/stalled",
+        secret_key()
+    );
+    let app = App::start(Options {
+        extra_env: BTreeMap::from([
+            ("CQRS_STORAGE_CONNECTION_STRING".to_string(), account),
+            ("WEB_MAX_IN_FLIGHT".to_string(), "2".to_string()),
+        ]),
+        ..Options::default()
+    })
+    .await;
+    let http = App::client();
+    let waiting: Vec<_> = (0..2)
+        .map(|i| {
+            tokio::spawn(post_registration_result(
+                &http,
+                &app.web,
+                &format!("waiting-{i}@example.com"),
+            ))
+        })
+        .collect();
+    wait_until("two commands waiting on the stalled storage", || async {
+        metric(&app.web, "pieshop_commands_in_flight").await == 2
+    })
+    .await;
+
+    // Full: the next commands are refused at once, with a reason and a retry hint.
+    let shed = post_registration(&http, &app.web, "third@example.com").await;
+    assert_eq!(shed.status(), 503);
+    assert_eq!(shed.headers()["retry-after"], "1");
+    let body: Value = shed.json().await.unwrap();
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("WEB_MAX_IN_FLIGHT"),
+        "{body}"
+    );
+    let scan = http
+        .post(format!("{}/api/inventory/adjustments", app.web))
+        .bearer_auth(SCANNER_KEY)
+        .json(&json!({"commandId": "c", "location": "l", "item": "i", "delta": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(scan.status(), 503, "inventory commands share the bound");
+    // Bad input is still answered as such, without taking a place.
+    let invalid = http
+        .post(format!("{}/api/registrations", app.web))
+        .json(&json!({"firstName": ""}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(invalid.status(), 400);
+    assert_eq!(metric(&app.web, "pieshop_commands_shed_total").await, 2);
+
+    // The waiting ones end as ordinary storage errors, and their places come back.
+    for w in waiting {
+        let response = w.await.unwrap().unwrap();
+        assert_eq!(response.status(), 503);
+        let body: Value = response.json().await.unwrap();
+        assert!(
+            body["error"]
+                .as_str()
+                .unwrap()
+                .contains("storage is unavailable"),
+            "{body}"
+        );
+    }
+    assert_eq!(metric(&app.web, "pieshop_commands_in_flight").await, 0);
+}
+
+#[test]
+fn web_max_in_flight_zero_is_refused_with_the_setting_named() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_reference-app"))
+        .arg("web")
+        .env_clear()
+        .env(
+            "CQRS_STORAGE_CONNECTION_STRING",
+            "UseDevelopmentStorage=true",
+        )
+        .env("WEB_MAX_IN_FLIGHT", "0")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("WEB_MAX_IN_FLIGHT"), "{stderr}");
+}
+
 #[tokio::test]
 async fn a_storage_outage_gives_503s_then_everything_resumes_with_nothing_lost() {
     let data = tempfile::tempdir().unwrap();
@@ -407,17 +527,11 @@ async fn bad_messages_are_poisoned_with_a_log_line_and_a_metric_and_nothing_cras
     let poisoned: u64 = {
         let mut total = 0;
         for (_, _, port) in &app.workers {
-            let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
-            total += metrics
-                .lines()
-                .filter(|l| l.starts_with("pieshop_messages_poisoned_total"))
-                .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-                .sum::<u64>();
+            total += metric(
+                &format!("http://127.0.0.1:{port}"),
+                "pieshop_messages_poisoned_total",
+            )
+            .await;
         }
         total
     };

@@ -20,6 +20,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::AppConfig;
 use crate::metrics::{AppMetrics, RouteLabels};
@@ -36,6 +37,46 @@ pub struct AppState {
     pub inventory: Arc<InventoryCache>,
     /// Metrics.
     pub metrics: Arc<AppMetrics>,
+    /// The bound on commands waiting on storage.
+    pub admission: Admission,
+}
+
+/// Bounds the commands waiting on storage at once (`WEB_MAX_IN_FLIGHT`). When storage slows
+/// down, requests would otherwise pile up in memory without limit (each holds its body, its
+/// connection and its storage calls); past the bound a command is answered 503 with
+/// `Retry-After` at once, which clients already handle as a transient failure.
+#[derive(Debug)]
+pub struct Admission {
+    permits: Arc<Semaphore>,
+    limit: usize,
+}
+
+impl Admission {
+    /// The default bound: room for a burst while storage answers in tens of milliseconds,
+    /// small enough that a stall costs a few MiB, not hundreds.
+    pub const DEFAULT_LIMIT: usize = 256;
+
+    /// At most `limit` (at least 1) commands at once.
+    pub fn new(limit: usize) -> Self {
+        let limit = limit.max(1);
+        Self {
+            permits: Arc::new(Semaphore::new(limit)),
+            limit,
+        }
+    }
+
+    /// Admits one command (released when the permit drops), or refuses at once.
+    pub fn enter(&self, metrics: &AppMetrics) -> Result<OwnedSemaphorePermit, ApiError> {
+        self.permits.clone().try_acquire_owned().map_err(|_| {
+            metrics.commands_shed.inc();
+            ApiError::Busy(self.limit)
+        })
+    }
+
+    /// Commands admitted and not yet answered.
+    pub fn in_flight(&self) -> usize {
+        self.limit - self.permits.available_permits()
+    }
 }
 
 /// An error answered as JSON.
@@ -47,6 +88,8 @@ pub enum ApiError {
     Unauthorized,
     /// 503 with `Retry-After`: storage is unreachable for now.
     Unavailable(String),
+    /// 503 with `Retry-After`: this many commands are already waiting on storage.
+    Busy(usize),
 }
 
 impl ApiError {
@@ -75,18 +118,26 @@ impl IntoResponse for ApiError {
                     .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
                 rsp
             }
-            ApiError::Unavailable(message) => {
-                let mut rsp = (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    Json(json!({ "error": message })),
-                )
-                    .into_response();
-                rsp.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
-                rsp
-            }
+            ApiError::Unavailable(message) => unavailable(&message, "2"),
+            ApiError::Busy(limit) => unavailable(
+                &format!(
+                    "busy: {limit} commands are already waiting on storage (WEB_MAX_IN_FLIGHT), try again shortly"
+                ),
+                "1",
+            ),
         }
     }
+}
+
+fn unavailable(message: &str, retry_after: &'static str) -> Response {
+    let mut rsp = (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({ "error": message })),
+    )
+        .into_response();
+    rsp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static(retry_after));
+    rsp
 }
 
 /// All routes of the web role.
@@ -108,6 +159,8 @@ pub fn router(state: Arc<AppState>) -> axum::Router {
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    let in_flight = i64::try_from(state.admission.in_flight()).unwrap_or(i64::MAX);
+    state.metrics.commands_in_flight.set(in_flight);
     (
         [(
             header::CONTENT_TYPE,
