@@ -57,6 +57,16 @@ fn post_registration_result(
         .send()
 }
 
+/// One inventory command with the scanner key.
+async fn post_scan(http: &reqwest::Client, web: &str) -> reqwest::Response {
+    http.post(format!("{web}/api/inventory/adjustments"))
+        .bearer_auth(SCANNER_KEY)
+        .json(&json!({"commandId": "c", "location": "l", "item": "i", "delta": 1}))
+        .send()
+        .await
+        .unwrap()
+}
+
 /// The sum of a metric's series on a role's `/metrics`.
 async fn metric(base: &str, name: &str) -> u64 {
     reqwest::get(format!("{base}/metrics"))
@@ -126,13 +136,7 @@ async fn past_web_max_in_flight_commands_get_503_at_once_instead_of_piling_up() 
             .contains("WEB_MAX_IN_FLIGHT"),
         "{body}"
     );
-    let scan = http
-        .post(format!("{}/api/inventory/adjustments", app.web))
-        .bearer_auth(SCANNER_KEY)
-        .json(&json!({"commandId": "c", "location": "l", "item": "i", "delta": 1}))
-        .send()
-        .await
-        .unwrap();
+    let scan = post_scan(&http, &app.web).await;
     assert_eq!(scan.status(), 503, "inventory commands share the bound");
     // Bad input is still answered as such, without taking a place.
     let invalid = http
@@ -222,13 +226,7 @@ async fn a_storage_outage_gives_503s_then_everything_resumes_with_nothing_lost()
         assert_eq!(response.status(), 503, "a command during the outage");
         assert_eq!(response.headers()["retry-after"], "2");
     }
-    let scan = http
-        .post(format!("{}/api/inventory/adjustments", app.web))
-        .bearer_auth(SCANNER_KEY)
-        .json(&json!({"commandId": "c", "location": "l", "item": "i", "delta": 1}))
-        .send()
-        .await
-        .unwrap();
+    let scan = post_scan(&http, &app.web).await;
     assert_eq!(scan.status(), 503);
     // Queries are served from the cache, storage or not.
     assert_eq!(
