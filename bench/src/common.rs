@@ -6,8 +6,12 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use azure_core::http::{Etag, RequestContent};
+use azure_storage_blob::models::BlockBlobClientUploadOptions;
+use azure_storage_queue::QueueClient;
+use azure_storage_queue::models::QueueMessage;
 use cqrs_storage::azurite::{Azurite, AzuriteOptions};
-use cqrs_storage::{ConnectionString, RetrySettings, StorageAccount};
+use cqrs_storage::{ConnectionString, Provisioner, RetrySettings, StorageAccount};
 use serde_json::Value;
 use tokio::process::{Child, Command};
 
@@ -72,6 +76,13 @@ impl Bench {
         })
     }
 
+    /// Fresh queue and container names, provisioned.
+    pub async fn provisioned(&self) -> Result<Names> {
+        let names = Names::fresh();
+        self.account.provision(&names.plan()).await?;
+        Ok(names)
+    }
+
     /// Runs one measurement on a [fresh](Self::fresh) Azurite.
     pub async fn on_fresh<T>(&self, measure: impl AsyncFnOnce(&Bench) -> Result<T>) -> Result<T> {
         let fresh = self.fresh().await?;
@@ -115,6 +126,87 @@ impl Names {
             cors: vec![],
         }
     }
+}
+
+/// Upload options that only create the blob (`If-None-Match: *`), with the headers the web
+/// role puts on a pending result.
+pub fn create_only() -> BlockBlobClientUploadOptions<'static> {
+    BlockBlobClientUploadOptions {
+        if_none_match: Some(Etag::from("*")),
+        blob_content_type: Some("application/json".into()),
+        blob_cache_control: Some("no-store".into()),
+        ..Default::default()
+    }
+}
+
+/// Uploads `body` to `container/blob` under `options` (preconditions); the new ETag.
+pub async fn put_blob(
+    account: &StorageAccount,
+    container: &str,
+    blob: &str,
+    body: impl Into<azure_core::Bytes>,
+    options: BlockBlobClientUploadOptions<'_>,
+) -> azure_core::Result<Option<Etag>> {
+    let content: RequestContent<azure_core::Bytes, _> = body.into().into();
+    Ok(account
+        .blob(container, blob)
+        .upload(content, Some(options))
+        .await?
+        .etag)
+}
+
+/// Enqueues `text`.
+pub async fn enqueue(queue: &QueueClient, text: String) -> Result<()> {
+    let content: RequestContent<QueueMessage, _> = QueueMessage {
+        message_text: Some(text),
+    }
+    .try_into()?;
+    queue.send_message(content, None).await?;
+    Ok(())
+}
+
+/// The pending result blob of registration `id`, as the web role names it.
+pub fn result_blob(id: &str) -> String {
+    format!("registrations/{id}.json")
+}
+
+/// What `POST /api/registrations` does to storage, made directly: create the pending result
+/// blob, enqueue `message`, sign a read-only URL for the blob (returned).
+pub async fn submit_directly(
+    account: &StorageAccount,
+    names: &Names,
+    id: &str,
+    message: String,
+) -> Result<String> {
+    let blob = result_blob(id);
+    put_blob(
+        account,
+        &names.res,
+        &blob,
+        &br#"{"registrationToken":null}"#[..],
+        create_only(),
+    )
+    .await?;
+    enqueue(&account.queue(&names.reg)?, message).await?;
+    let expiry = time::OffsetDateTime::now_utc() + time::Duration::hours(1);
+    Ok(account
+        .blob_read_url(&names.res, &blob, expiry)
+        .await?
+        .to_string())
+}
+
+/// `POST /api/registrations` of a new, unique address starting with `tag`.
+pub async fn post_registration(
+    http: &reqwest::Client,
+    web: &str,
+    tag: &str,
+) -> reqwest::Result<reqwest::Response> {
+    let email = format!("{tag}-{}@example.com", uuid::Uuid::new_v4());
+    let body = serde_json::json!({"firstName": "B", "lastName": "C", "email": email, "dateOfBirth": "1990-01-01"});
+    http.post(format!("{web}/api/registrations"))
+        .json(&body)
+        .send()
+        .await
 }
 
 /// Scaling that keeps a role at exactly `n` replicas.
@@ -224,28 +316,21 @@ impl Runtime {
         Ok(status["processes"].as_array().cloned().unwrap_or_default())
     }
 
-    /// The metrics port of the first running replica of `role`.
+    /// The metrics port of the first running replica of `role`, once there is one.
     pub async fn worker_port(&self, role: &str) -> Result<u16> {
-        let mut found = None;
-        wait_until(
+        wait_for(
             &format!("a running {role}"),
             Duration::from_secs(60),
             || async {
-                let processes = self.processes().await.unwrap_or_default();
-                let running = processes
+                self.processes()
+                    .await
+                    .unwrap_or_default()
                     .iter()
                     .find(|p| p["role"] == role && p["pid"].is_i64())
-                    .and_then(|p| p["port"].as_u64());
-                running.is_some()
+                    .and_then(|p| u16::try_from(p["port"].as_u64()?).ok())
             },
         )
-        .await?;
-        for p in self.processes().await? {
-            if p["role"] == role && p["pid"].is_i64() {
-                found = p["port"].as_u64().and_then(|p| u16::try_from(p).ok());
-            }
-        }
-        found.context("no running replica")
+        .await
     }
 
     /// Stops it (SIGTERM) and waits.
@@ -276,20 +361,31 @@ pub async fn counter(http: &reqwest::Client, port: u16, name: &str) -> f64 {
         .sum()
 }
 
+/// Polls `found` every 20 ms until it yields a value or `limit` passes.
+pub async fn wait_for<T, F, Fut>(what: &str, limit: Duration, found: F) -> Result<T>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(value) = found().await {
+            return Ok(value);
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("timed out after {limit:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Polls `condition` every 20 ms until it holds or `limit` passes.
 pub async fn wait_until<F, Fut>(what: &str, limit: Duration, condition: F) -> Result<()>
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = tokio::time::Instant::now() + limit;
-    while !condition().await {
-        if tokio::time::Instant::now() > deadline {
-            bail!("timed out after {limit:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Ok(())
+    wait_for(what, limit, || async { condition().await.then_some(()) }).await
 }
 
 /// The median of `values`.

@@ -4,14 +4,15 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use azure_core::http::{Etag, RequestContent};
+use azure_core::http::Etag;
 use azure_storage_blob::models::BlockBlobClientUploadOptions;
 use azure_storage_queue::QueueClient;
-use azure_storage_queue::models::{QueueClientReceiveMessagesOptions, QueueMessage};
-use cqrs_storage::Provisioner;
+use azure_storage_queue::models::QueueClientReceiveMessagesOptions;
 use futures::StreamExt as _;
 
-use crate::common::{Bench, Names, Row, Runtime, counter, fixed, median};
+use crate::common::{
+    Bench, Names, Row, Runtime, counter, create_only, enqueue, fixed, median, put_blob, result_blob,
+};
 
 /// What the queue holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -20,33 +21,38 @@ pub enum Kind {
     Inventory,
 }
 
+impl Kind {
+    /// The queue of this kind among `names`.
+    fn queue(self, names: &Names) -> &str {
+        match self {
+            Kind::Registration => &names.reg,
+            Kind::Inventory => &names.inv,
+        }
+    }
+}
+
+/// A command of `kind` as the web role would enqueue it; for a registration, after writing
+/// its pending result blob (whose ETag the command carries).
+async fn command(bench: &Bench, names: &Names, kind: Kind, i: usize) -> Result<String> {
+    Ok(match kind {
+        Kind::Registration => {
+            let id = uuid::Uuid::new_v4().to_string();
+            let pending = br#"{"registrationToken":null}"#;
+            let etag = put_blob(&bench.account, &names.res, &result_blob(&id), &pending[..], create_only())
+                .await?
+                .map(|e| e.to_string());
+            serde_json::json!({"id": id, "firstName": "B", "lastName": "C", "email": format!("drain-{id}@example.com"), "dateOfBirth": "1990-01-01", "resultEtag": etag})
+        }
+        Kind::Inventory => serde_json::json!({"commandId": uuid::Uuid::new_v4().to_string(), "location": format!("shop-{}", i % 10), "item": format!("pie-{}", i % 20), "delta": 1}),
+    }
+    .to_string())
+}
+
 async fn prefill(bench: &Bench, names: &Names, kind: Kind, n: usize) -> Result<()> {
-    let queue = match kind {
-        Kind::Registration => &names.reg,
-        Kind::Inventory => &names.inv,
-    };
-    let client = bench.account.queue(queue)?;
+    let client = bench.account.queue(kind.queue(names))?;
     let sends = (0..n).map(|i| {
         let client = &client;
-        let names = names.clone();
-        let account = bench.account.clone();
-        async move {
-            let text = match kind {
-                Kind::Registration => {
-                    let id = uuid::Uuid::new_v4().to_string();
-                    // The web role writes the pending result blob before enqueueing.
-                    let blob = format!("registrations/{id}.json");
-                    let pending: RequestContent<azure_core::Bytes, _> = azure_core::Bytes::from_static(br#"{"registrationToken":null}"#).into();
-                    let etag = account.blob(&names.res, &blob).upload(pending, None).await?.etag.map(|e| e.to_string());
-                    serde_json::json!({"id": id, "firstName": "B", "lastName": "C", "email": format!("drain-{id}@example.com"), "dateOfBirth": "1990-01-01", "resultEtag": etag})
-                        .to_string()
-                }
-                Kind::Inventory => serde_json::json!({"commandId": uuid::Uuid::new_v4().to_string(), "location": format!("shop-{}", i % 10), "item": format!("pie-{}", i % 20), "delta": 1}).to_string(),
-            };
-            let content: RequestContent<QueueMessage, _> = QueueMessage { message_text: Some(text) }.try_into()?;
-            client.send_message(content, None).await?;
-            anyhow::Ok(())
-        }
+        async move { enqueue(client, command(bench, names, kind, i).await?).await }
     });
     let results: Vec<Result<()>> = futures::stream::iter(sends)
         .buffer_unordered(32)
@@ -90,8 +96,7 @@ where
 
 /// The baseline: receive and delete, nothing else.
 async fn raw_rate(bench: &Bench, n: usize) -> Result<f64> {
-    let names = Names::fresh();
-    bench.account.provision(&names.plan()).await?;
+    let names = bench.provisioned().await?;
     prefill(bench, &names, Kind::Inventory, n).await?;
     let queue = bench.account.queue(&names.inv)?;
     raw_loop(&queue, n, |id, pop, _| {
@@ -104,8 +109,7 @@ async fn raw_rate(bench: &Bench, n: usize) -> Result<f64> {
 /// A raw loop making the registration worker's storage calls itself: for each message claim
 /// the address, write the token with If-Match, delete.
 async fn raw_registration_rate(bench: &Bench, n: usize) -> Result<f64> {
-    let names = Names::fresh();
-    bench.account.provision(&names.plan()).await?;
+    let names = bench.provisioned().await?;
     prefill(bench, &names, Kind::Registration, n).await?;
     let queue = bench.account.queue(&names.reg)?;
     raw_loop(&queue, n, |id, pop, text| {
@@ -118,31 +122,26 @@ async fn raw_registration_rate(bench: &Bench, n: usize) -> Result<f64> {
                 cmd["id"].as_str().unwrap_or_default(),
                 cmd["email"].as_str().unwrap_or_default(),
             );
-            let claim: RequestContent<azure_core::Bytes, _> =
-                azure_core::Bytes::from(format!(r#"{{"registrationId":"{rid}"}}"#)).into();
+            let claim = format!(r#"{{"registrationId":"{rid}"}}"#);
             let create = BlockBlobClientUploadOptions {
                 if_none_match: Some(Etag::from("*")),
                 ..Default::default()
             };
-            if account
-                .blob(&names.rm, &format!("registrations/by-email/{email}.json"))
-                .upload(claim, Some(create))
+            let claim_blob = format!("registrations/by-email/{email}.json");
+            if put_blob(account, &names.rm, &claim_blob, claim, create)
                 .await
                 .is_err()
             {
                 return false;
             }
-            let token: RequestContent<azure_core::Bytes, _> =
-                azure_core::Bytes::from_static(br#"{"registrationToken":"RT-RAW"}"#).into();
             let matching = BlockBlobClientUploadOptions {
                 if_match: cmd["resultEtag"]
                     .as_str()
                     .map(|e| Etag::from(e.to_string())),
                 ..Default::default()
             };
-            if account
-                .blob(&names.res, &format!("registrations/{rid}.json"))
-                .upload(token, Some(matching))
+            let token = &br#"{"registrationToken":"RT-RAW"}"#[..];
+            if put_blob(account, &names.res, &result_blob(rid), token, matching)
                 .await
                 .is_err()
             {
@@ -156,17 +155,13 @@ async fn raw_registration_rate(bench: &Bench, n: usize) -> Result<f64> {
 
 /// One worker replica draining `n` prefilled messages of `kind`.
 async fn worker_rate(bench: &Bench, kind: Kind, n: usize) -> Result<f64> {
-    let names = Names::fresh();
-    bench.account.provision(&names.plan()).await?;
+    let names = bench.provisioned().await?;
     prefill(bench, &names, kind, n).await?;
     let (registrar, stocker, role) = match kind {
         Kind::Registration => (fixed(1), fixed(0), "registrar"),
         Kind::Inventory => (fixed(0), fixed(1), "stocker"),
     };
-    let queue = match kind {
-        Kind::Registration => &names.reg,
-        Kind::Inventory => &names.inv,
-    };
+    let queue = kind.queue(&names);
     let runtime = Runtime::start(bench, &names, &registrar, &stocker).await?;
     let port = runtime.worker_port(role).await?;
     let http = reqwest::Client::new();

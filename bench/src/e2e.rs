@@ -1,6 +1,6 @@
 //! End to end: `POST /api/registrations` until the token is visible in the result blob
-//! (polled every 20 ms for a second, then every second as the page does), against a minimal pipeline doing the
-//! same storage calls directly (producer: blob + enqueue; two consumers: receive, write the
+//! (polled every 20 ms for a second, then every second as the page does), against a minimal
+//! pipeline doing the same storage calls directly (producer: blob + enqueue; two consumers: receive, write the
 //! token, delete).
 
 use std::sync::Arc;
@@ -8,11 +8,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Result;
-use azure_core::http::RequestContent;
-use azure_storage_queue::models::{QueueClientReceiveMessagesOptions, QueueMessage};
-use cqrs_storage::{Provisioner, StorageAccount};
+use azure_storage_blob::models::BlockBlobClientUploadOptions;
+use azure_storage_queue::models::QueueClientReceiveMessagesOptions;
+use cqrs_storage::StorageAccount;
 
-use crate::common::{Bench, Names, Row, Runtime, fixed, median, percentile};
+use crate::common::{
+    Bench, Names, Row, Runtime, fixed, median, percentile, post_registration, put_blob,
+    result_blob, submit_directly,
+};
 use crate::load::{Outcome, open_loop};
 
 /// Polling: every 20 ms for the first second (precise latencies), then once a second like the
@@ -40,14 +43,8 @@ async fn token_visible(http: &reqwest::Client, url: &str) -> bool {
     false
 }
 
-async fn through_app(http: reqwest::Client, web: String, i: usize) -> bool {
-    let body = serde_json::json!({"firstName": "E", "lastName": "F", "email": format!("e2e-{i}-{}@example.com", uuid::Uuid::new_v4()), "dateOfBirth": "1990-01-01"});
-    let Ok(response) = http
-        .post(format!("{web}/api/registrations"))
-        .json(&body)
-        .send()
-        .await
-    else {
+async fn through_app(http: reqwest::Client, web: String) -> bool {
+    let Ok(response) = post_registration(&http, &web, "e2e").await else {
         return false;
     };
     let Ok(accepted) = response.json::<serde_json::Value>().await else {
@@ -59,41 +56,13 @@ async fn through_app(http: reqwest::Client, web: String, i: usize) -> bool {
     token_visible(&http, url).await
 }
 
+/// The same storage calls made directly; the message carries just the id.
 async fn through_raw(http: reqwest::Client, account: StorageAccount, names: Names) -> bool {
     let id = uuid::Uuid::new_v4().to_string();
-    let blob = format!("registrations/{id}.json");
-    let pending: RequestContent<azure_core::Bytes, _> =
-        azure_core::Bytes::from_static(br#"{"registrationToken":null}"#).into();
-    if account
-        .blob(&names.res, &blob)
-        .upload(pending, None)
-        .await
-        .is_err()
-    {
-        return false;
+    match submit_directly(&account, &names, &id, id.clone()).await {
+        Ok(url) => token_visible(&http, &url).await,
+        Err(_) => false,
     }
-    let Ok(content) = RequestContent::try_from(QueueMessage {
-        message_text: Some(id.clone()),
-    }) else {
-        return false;
-    };
-    let Ok(queue) = account.queue(&names.reg) else {
-        return false;
-    };
-    if queue.send_message(content, None).await.is_err() {
-        return false;
-    }
-    let Ok(url) = account
-        .blob_read_url(
-            &names.res,
-            &blob,
-            time::OffsetDateTime::now_utc() + time::Duration::hours(1),
-        )
-        .await
-    else {
-        return false;
-    };
-    token_visible(&http, url.as_str()).await
 }
 
 /// A minimal consumer: receive, write the token blob, delete; 100 ms pause when empty.
@@ -129,36 +98,21 @@ async fn raw_consumer(account: StorageAccount, names: Names, stop: Arc<AtomicBoo
                 };
                 let token =
                     serde_json::json!({"registrationToken": format!("RAW-{text}")}).to_string();
-                let body: RequestContent<azure_core::Bytes, _> =
-                    azure_core::Bytes::from(token).into();
-                if account
-                    .blob(&names.res, &format!("registrations/{text}.json"))
-                    .upload(body, None)
-                    .await
-                    .is_ok()
+                if put_blob(
+                    account,
+                    &names.res,
+                    &result_blob(&text),
+                    token,
+                    BlockBlobClientUploadOptions::default(),
+                )
+                .await
+                .is_ok()
                 {
                     let _ = queue.delete_message(&id, &pop, None).await;
                 }
             }
         });
         futures::future::join_all(work).await;
-    }
-}
-
-/// Fresh names, provisioned; patient, since Azurite may still be working through the backlog
-/// an overloaded previous phase left (on 2 cores, 200 registrations/s is more than it serves).
-async fn fresh_provisioned(bench: &Bench) -> Result<Names> {
-    let names = Names::fresh();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
-    loop {
-        match bench.account.provision(&names.plan()).await {
-            Ok(_) => return Ok(names),
-            Err(e) if tokio::time::Instant::now() < deadline => {
-                eprintln!("    storage busy, retrying: {e}");
-                tokio::time::sleep(Duration::from_secs(5)).await;
-            }
-            Err(e) => return Err(e.into()),
-        }
     }
 }
 
@@ -169,11 +123,11 @@ async fn app_run(
     rate: f64,
     duration: Duration,
 ) -> Result<Outcome> {
-    let names = fresh_provisioned(bench).await?;
+    let names = bench.provisioned().await?;
     let runtime = Runtime::start(bench, &names, &fixed(2), &fixed(0)).await?;
     runtime.worker_port("registrar").await?;
-    let outcome = open_loop(rate, duration, |i| {
-        through_app(http.clone(), runtime.web.clone(), i)
+    let outcome = open_loop(rate, duration, |_| {
+        through_app(http.clone(), runtime.web.clone())
     })
     .await;
     runtime.stop().await;
@@ -187,7 +141,7 @@ async fn raw_run(
     rate: f64,
     duration: Duration,
 ) -> Result<Outcome> {
-    let names = fresh_provisioned(bench).await?;
+    let names = bench.provisioned().await?;
     let stop = Arc::new(AtomicBool::new(false));
     let consumers: Vec<_> = (0..2)
         .map(|_| {

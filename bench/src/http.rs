@@ -5,76 +5,40 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use azure_core::http::{Etag, RequestContent};
-use azure_storage_blob::models::BlockBlobClientUploadOptions;
-use azure_storage_queue::models::QueueMessage;
-use cqrs_storage::{Provisioner, StorageAccount};
+use cqrs_storage::StorageAccount;
 use tokio::process::Command;
 
-use crate::common::{Bench, Names, Row, Runtime, fixed, median, percentile, wait_until};
+use crate::common::{
+    Bench, Names, Row, Runtime, fixed, median, percentile, post_registration, put_blob,
+    submit_directly, wait_until,
+};
 use crate::load::{closed_loop, open_loop};
 
 /// Offered load of the command-path benchmark.
 const COMMAND_RATE: f64 = 100.0;
 
-/// What `POST /api/registrations` does to storage, done directly: create the pending result
-/// blob, enqueue the command, sign the SAS URL.
+/// What `POST /api/registrations` does to storage, done directly, with the command the web
+/// role would enqueue.
 async fn raw_command(account: StorageAccount, names: Names) -> bool {
     let id = uuid::Uuid::new_v4().to_string();
-    let blob = format!("registrations/{id}.json");
-    let options = BlockBlobClientUploadOptions {
-        if_none_match: Some(Etag::from("*")),
-        blob_content_type: Some("application/json".into()),
-        ..Default::default()
-    };
-    let body: RequestContent<azure_core::Bytes, _> =
-        azure_core::Bytes::from_static(br#"{"registrationToken":null}"#).into();
-    if account
-        .blob(&names.res, &blob)
-        .upload(body, Some(options))
-        .await
-        .is_err()
-    {
-        return false;
-    }
-    let text = serde_json::json!({"id": id, "firstName": "B", "lastName": "C", "email": format!("{id}@example.com"), "dateOfBirth": "1990-01-01"}).to_string();
-    let Ok(content) = RequestContent::try_from(QueueMessage {
-        message_text: Some(text),
-    }) else {
-        return false;
-    };
-    let Ok(queue) = account.queue(&names.reg) else {
-        return false;
-    };
-    if queue.send_message(content, None).await.is_err() {
-        return false;
-    }
-    account
-        .blob_read_url(
-            &names.res,
-            &blob,
-            time::OffsetDateTime::now_utc() + time::Duration::hours(1),
-        )
+    let command = serde_json::json!({"id": id, "firstName": "B", "lastName": "C", "email": format!("{id}@example.com"), "dateOfBirth": "1990-01-01"});
+    submit_directly(&account, &names, &id, command.to_string())
         .await
         .is_ok()
 }
 
-async fn web_command(http: reqwest::Client, web: String, i: usize) -> bool {
-    let body = serde_json::json!({"firstName": "B", "lastName": "C", "email": format!("cmd-{i}-{}@example.com", uuid::Uuid::new_v4()), "dateOfBirth": "1990-01-01"});
-    http.post(format!("{web}/api/registrations"))
-        .json(&body)
-        .send()
+async fn web_command(http: reqwest::Client, web: String) -> bool {
+    post_registration(&http, &web, "cmd")
         .await
         .is_ok_and(|r| r.status() == 202)
 }
 
 /// `POST /api/registrations` through the web role (run by the local runtime, no workers).
 async fn web_run(bench: &Bench, http: &reqwest::Client) -> Result<crate::load::Outcome> {
-    let names = Names::fresh();
-    bench.account.provision(&names.plan()).await?;
+    let names = bench.provisioned().await?;
     let runtime = Runtime::start(bench, &names, &fixed(0), &fixed(0)).await?;
-    let outcome = open_loop(COMMAND_RATE, bench.secs(10, 3), |i| {
-        web_command(http.clone(), runtime.web.clone(), i)
+    let outcome = open_loop(COMMAND_RATE, bench.secs(10, 3), |_| {
+        web_command(http.clone(), runtime.web.clone())
     })
     .await;
     runtime.stop().await;
@@ -83,8 +47,7 @@ async fn web_run(bench: &Bench, http: &reqwest::Client) -> Result<crate::load::O
 
 /// The same storage calls made directly.
 async fn raw_run(bench: &Bench) -> Result<crate::load::Outcome> {
-    let names = Names::fresh();
-    bench.account.provision(&names.plan()).await?;
+    let names = bench.provisioned().await?;
     Ok(open_loop(COMMAND_RATE, bench.secs(10, 3), |_| {
         raw_command(bench.account.clone(), names.clone())
     })
@@ -149,16 +112,16 @@ fn seed_model() -> serde_json::Value {
 
 /// Query path rows.
 pub async fn query_path(bench: &Bench) -> Result<Vec<Row>> {
-    let names = Names::fresh();
-    bench.account.provision(&names.plan()).await?;
-    let body: RequestContent<azure_core::Bytes, _> =
-        azure_core::Bytes::from(serde_json::to_vec(&seed_model())?).into();
-    bench
-        .account
-        .blob(&names.rm, "inventory.json")
-        .upload(body, None)
-        .await
-        .context("seeding the read model")?;
+    let names = bench.provisioned().await?;
+    put_blob(
+        &bench.account,
+        &names.rm,
+        "inventory.json",
+        serde_json::to_vec(&seed_model())?,
+        Default::default(),
+    )
+    .await
+    .context("seeding the read model")?;
     let runtime = Runtime::start(bench, &names, &fixed(0), &fixed(0)).await?;
     let http = reqwest::Client::new();
     let url = format!("{}/api/inventory", runtime.web);

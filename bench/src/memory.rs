@@ -5,9 +5,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::Result;
-use cqrs_storage::Provisioner;
 
-use crate::common::{Bench, Names, Row, Runtime};
+use crate::common::{Bench, Row, Runtime, post_registration};
 use crate::load::open_loop;
 
 fn kib(pid: u32, field: &str) -> Option<f64> {
@@ -34,8 +33,7 @@ async fn pids(runtime: &Runtime) -> Vec<(String, u32)> {
 
 /// Memory rows.
 pub async fn run(bench: &Bench) -> Result<Vec<Row>> {
-    let names = Names::fresh();
-    bench.account.provision(&names.plan()).await?;
+    let names = bench.provisioned().await?;
     let scaling = "{minReplicas: 1, maxReplicas: 3, targetQueueLength: 25, pollingInterval: 1, cooldownPeriod: 5}";
     let runtime = Runtime::start(bench, &names, scaling, scaling).await?;
     runtime.worker_port("registrar").await?;
@@ -83,13 +81,10 @@ pub async fn run(bench: &Bench) -> Result<Vec<Row>> {
         })
     };
     let web = runtime.web.clone();
-    let registrations = open_loop(150.0, duration, |i| {
+    let registrations = open_loop(150.0, duration, |_| {
         let (http, web) = (http.clone(), web.clone());
         async move {
-            let body = serde_json::json!({"firstName": "M", "lastName": "N", "email": format!("mem-{i}-{}@example.com", uuid::Uuid::new_v4()), "dateOfBirth": "1990-01-01"});
-            http.post(format!("{web}/api/registrations"))
-                .json(&body)
-                .send()
+            post_registration(&http, &web, "mem")
                 .await
                 .is_ok_and(|r| r.status() == 202)
         }

@@ -7,19 +7,37 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use async_trait::async_trait;
-use azure_core::http::RequestContent;
-use azure_storage_queue::models::QueueMessage;
 use cqrs_operator::autoscale::{
     ScaleObserver, ScaleTarget, TargetError, Tick, WorkerScaling, probe_loop,
 };
 use cqrs_operator::crd::ScalingSpec;
 use cqrs_storage::{QueueDepth, QueueProbe, StorageAccount};
 
-use crate::common::{Bench, Row, median, wait_until};
+use crate::common::{Bench, Row, enqueue, median, wait_for};
 
 struct Recording {
     replicas: Mutex<i32>,
     changes: Mutex<Vec<(Instant, i32)>>,
+}
+
+impl Recording {
+    /// When the replicas were first set to a count for which `pick` holds; waits up to `limit`.
+    async fn first_change(
+        &self,
+        what: &str,
+        limit: Duration,
+        pick: impl Fn(i32) -> bool,
+    ) -> Result<Instant> {
+        wait_for(what, limit, || async {
+            self.changes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .find(|(_, r)| pick(*r))
+                .map(|(t, _)| *t)
+        })
+        .await
+    }
 }
 
 #[async_trait]
@@ -68,17 +86,7 @@ impl ScaleObserver for Quiet {
 
 async fn send(account: &StorageAccount, queue: &str, n: usize) -> Result<()> {
     let client = account.queue(queue)?;
-    let sends = (0..n).map(|i| {
-        let client = &client;
-        async move {
-            let content: RequestContent<QueueMessage, _> = QueueMessage {
-                message_text: Some(format!("m{i}")),
-            }
-            .try_into()?;
-            client.send_message(content, None).await?;
-            anyhow::Ok(())
-        }
-    });
+    let sends = (0..n).map(|i| enqueue(&client, format!("m{i}")));
     futures::future::join_all(sends).await.into_iter().collect()
 }
 
@@ -128,25 +136,12 @@ async fn up_trial(account: StorageAccount, spec: ScalingSpec) -> Result<f64> {
     tokio::time::sleep(Duration::from_secs_f64(phase + 0.2)).await;
     let t0 = Instant::now();
     send(&account, &queue, 100).await?;
-    wait_until("a scale-up decision", Duration::from_secs(120), || async {
-        target
-            .changes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .any(|(_, r)| *r > 0)
-    })
-    .await?;
     let at = target
-        .changes
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .iter()
-        .find(|(_, r)| *r > 0)
-        .map(|(t, _)| *t);
+        .first_change("a scale-up decision", Duration::from_secs(120), |r| r > 0)
+        .await?;
     drop(config);
     let _ = task.await;
-    Ok(at.map_or(f64::NAN, |t| t.duration_since(t0).as_secs_f64()))
+    Ok(at.duration_since(t0).as_secs_f64())
 }
 
 /// Seconds from the queue emptying to the first scale-down decision, and storage calls per
@@ -165,34 +160,16 @@ async fn down_trial(account: StorageAccount, spec: ScalingSpec) -> Result<(f64, 
     let calls_before = probe.calls.load(Ordering::Relaxed);
     let t0 = Instant::now();
     account.queue(&queue)?.clear(None).await?;
-    wait_until(
-        "a scale-down decision",
-        Duration::from_secs(600),
-        || async {
-            target
-                .changes
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .iter()
-                .any(|(_, r)| *r < replicas)
-        },
-    )
-    .await?;
     let at = target
-        .changes
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .iter()
-        .find(|(_, r)| *r < replicas)
-        .map(|(t, _)| *t);
+        .first_change("a scale-down decision", Duration::from_secs(600), |r| {
+            r < replicas
+        })
+        .await?;
     let minutes = t0.elapsed().as_secs_f64() / 60.0;
     let calls = (probe.calls.load(Ordering::Relaxed) - calls_before) as f64 / minutes;
     drop(config);
     let _ = task.await;
-    Ok((
-        at.map_or(f64::NAN, |t| t.duration_since(t0).as_secs_f64()),
-        calls,
-    ))
+    Ok((at.duration_since(t0).as_secs_f64(), calls))
 }
 
 /// Scale reaction rows, with the default spec and with a 1 s polling interval. Trials run

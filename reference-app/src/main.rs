@@ -98,12 +98,9 @@ async fn listener(port: u16) -> Result<tokio::net::TcpListener, String> {
 }
 
 async fn run_web(env: &Env) -> Result<(), String> {
-    let max_in_flight: usize = env
+    let max_in_flight = env
         .parse_or("WEB_MAX_IN_FLIGHT", Admission::DEFAULT_LIMIT)
-        .map_err(|e| e.to_string())?;
-    if max_in_flight == 0 {
-        return Err("WEB_MAX_IN_FLIGHT: must be at least 1 (the commands the web role lets wait on storage at once)".into());
-    }
+        .map_err(|e| format!("{e} (the commands the web role lets wait on storage at once: a whole number, at least 1)"))?;
     let config = AppConfig::from_env(env, RetrySettings::INTERACTIVE).map_err(|e| e.to_string())?;
     let scanner_key = env.get("SCANNER_KEY").map(String::from);
     if scanner_key.is_none() {
@@ -114,12 +111,13 @@ async fn run_web(env: &Env) -> Result<(), String> {
         inventory.spawn_refresher(config.account.clone(), config.readmodel_container.clone());
     let listener = listener(config.port).await?;
     tracing::info!(port = config.port, "web role listening");
+    let metrics = Arc::new(AppMetrics::default());
     let state = Arc::new(AppState {
         config,
         scanner_key,
         inventory: inventory.clone(),
-        metrics: Arc::new(AppMetrics::default()),
-        admission: Admission::new(max_in_flight),
+        admission: Admission::new(max_in_flight, metrics.commands_shed.clone()),
+        metrics,
     });
     let mut shutdown = shutdown_signal();
     let closing = inventory.clone();

@@ -29,6 +29,8 @@ pub fn spawn(
     own_group: bool,
 ) -> Result<Child> {
     let table = free_port()?;
+    // NB: the same command line as `cqrs_storage::azurite` (the tests' own instances); this
+    // crate stays free of the storage crate's dependencies so it builds in seconds.
     let mut cmd = Command::new(bin);
     cmd.args([
         "--silent",

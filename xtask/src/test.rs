@@ -87,7 +87,7 @@ struct SharedAzurite {
 impl SharedAzurite {
     /// Starts it on free ports, trying fresh ones when another process took a port between
     /// our check and Azurite's bind.
-    pub fn start(bin: &std::path::Path) -> Result<Self> {
+    fn start(bin: &std::path::Path) -> Result<Self> {
         println!("\n==> starting Azurite for the tests");
         let mut last = None;
         for _ in 0..3 {
@@ -113,7 +113,7 @@ impl SharedAzurite {
     }
 
     /// Its connection string.
-    pub fn connection_string(&self) -> String {
+    fn connection_string(&self) -> String {
         // The well-known Azurite development account (documented by Microsoft; not a secret).
         format!(
             "AccountName=devstoreaccount1;AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;\

@@ -231,7 +231,7 @@ pub async fn adjust(
     }
     let adjustment = body.map_err(ApiError::from_json)?.0;
     adjustment.validate().map_err(ApiError::Fields)?;
-    let _admitted = state.admission.enter(&state.metrics)?;
+    let _admitted = state.admission.enter()?;
     let cfg = &state.config;
     let text = serde_json::to_string(&adjustment)
         .map_err(|e| ApiError::storage("cannot encode the adjustment", e))?;

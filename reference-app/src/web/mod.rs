@@ -10,6 +10,7 @@ mod pages;
 mod registration;
 
 use std::collections::BTreeMap;
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 
 use axum::Json;
@@ -19,6 +20,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use prometheus_client::metrics::counter::Counter;
 use serde_json::json;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -48,34 +50,36 @@ pub struct AppState {
 #[derive(Debug)]
 pub struct Admission {
     permits: Arc<Semaphore>,
-    limit: usize,
+    limit: NonZeroUsize,
+    /// Commands refused (`pieshop_commands_shed_total`).
+    shed: Counter,
 }
 
 impl Admission {
     /// The default bound: room for a burst while storage answers in tens of milliseconds,
     /// small enough that a stall costs a few MiB, not hundreds.
-    pub const DEFAULT_LIMIT: usize = 256;
+    pub const DEFAULT_LIMIT: NonZeroUsize = NonZeroUsize::new(256).expect("256 is not zero");
 
-    /// At most `limit` (at least 1) commands at once.
-    pub fn new(limit: usize) -> Self {
-        let limit = limit.max(1);
+    /// At most `limit` commands at once; each refusal counts in `shed`.
+    pub fn new(limit: NonZeroUsize, shed: Counter) -> Self {
         Self {
-            permits: Arc::new(Semaphore::new(limit)),
+            permits: Arc::new(Semaphore::new(limit.get())),
             limit,
+            shed,
         }
     }
 
     /// Admits one command (released when the permit drops), or refuses at once.
-    pub fn enter(&self, metrics: &AppMetrics) -> Result<OwnedSemaphorePermit, ApiError> {
+    pub fn enter(&self) -> Result<OwnedSemaphorePermit, ApiError> {
         self.permits.clone().try_acquire_owned().map_err(|_| {
-            metrics.commands_shed.inc();
-            ApiError::Busy(self.limit)
+            self.shed.inc();
+            ApiError::Busy(self.limit.get())
         })
     }
 
     /// Commands admitted and not yet answered.
     pub fn in_flight(&self) -> usize {
-        self.limit - self.permits.available_permits()
+        self.limit.get() - self.permits.available_permits()
     }
 }
 

@@ -30,7 +30,7 @@ pub async fn register(
     let mut command = form
         .into_command(id.clone(), OffsetDateTime::now_utc().date())
         .map_err(ApiError::Fields)?;
-    let _admitted = state.admission.enter(&state.metrics)?;
+    let _admitted = state.admission.enter()?;
     let cfg = &state.config;
     let blob = result_blob(&id);
 
