@@ -19,8 +19,8 @@ pub mod scaler;
 pub mod telemetry;
 pub mod validate;
 
-#[cfg(test)]
-pub(crate) mod testing;
+#[cfg(any(test, feature = "test-support"))]
+pub mod testing;
 
 use k8s::storage::StorageProblem;
 use validate::InvalidSpec;

@@ -23,6 +23,9 @@ pub use storage::*;
 pub const AZURE_NAME_PATTERN: &str = "^[a-z0-9]+(-[a-z0-9]+)*$";
 /// Pattern of a DNS-1123 label, used for role names.
 pub const DNS_LABEL_PATTERN: &str = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
+/// Most extra environment variables per role (a bound the CRD's CEL rules over `env` need to
+/// stay within the apiserver's cost budget).
+pub const MAX_ENV_VARS: usize = 128;
 /// Longest app name: `<app>-web` must be a valid Service name (63 characters).
 pub const MAX_APP_NAME: usize = 59;
 
@@ -45,7 +48,7 @@ pub const MAX_APP_NAME: usize = 59;
     printcolumn(name = "Workers", type_ = "string", json_path = ".status.workersSummary", description = "Worker replicas, current/desired"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = Rule::new("size(self.metadata.name) <= 59").message("metadata.name must be at most 59 characters (the web Service is named <name>-web)"),
-    validation = Rule::new("!has(self.spec.workers) || self.spec.workers.all(w, size(self.metadata.name) + size(w.name) <= 62)").message("<metadata.name>-<worker name> must be at most 63 characters (it names the worker's Deployment)")
+    validation = Rule::new("!has(self.spec.workers) || self.spec.workers.all(w, size(self.metadata.name) + size(w.name) <= 62)").message("<metadata.name>-<worker name> must be at most 63 characters (it names the worker's Deployment)").field_path(".spec.workers")
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
@@ -99,8 +102,9 @@ pub enum DeletionPolicy {
 }
 
 /// One command queue.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.messageTtlSeconds == -1 || self.messageTtlSeconds >= 1").message("messageTtlSeconds must be -1 (never expire) or a positive number of seconds").field_path(".messageTtlSeconds"))]
 pub struct QueueSpec {
     /// Queue name: 3-56 lowercase letters, digits and single dashes (56, so that
     /// `<name>-poison` fits Azure's 63-character limit).
@@ -144,7 +148,10 @@ pub struct ContainerSpec {
 #[serde(rename_all = "camelCase")]
 pub struct CorsSpec {
     /// Origins allowed to read, e.g. `https://shop.example.com`, or `*` for any.
-    #[schemars(length(min = 1, max = 16))]
+    #[schemars(
+        length(min = 1, max = 16),
+        inner(pattern(r"^(\*|https?://[^/?#\s]+)$"))
+    )]
     pub allowed_origins: Vec<String>,
 
     /// Seconds browsers may cache the preflight answer.

@@ -5,11 +5,12 @@ use kube::KubeSchema;
 use serde::{Deserialize, Serialize};
 
 /// The web role.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.env) || self.env.all(e, !e.name.startsWith('CQRS_'))").message("env names starting with CQRS_ are set by the operator (see the environment contract)").field_path(".env"))]
 pub struct WebSpec {
     /// Container image of the web role.
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1), pattern(r"\S"))]
     pub image: String,
     /// Arguments passed to the image's entrypoint.
     #[serde(default)]
@@ -25,6 +26,7 @@ pub struct WebSpec {
     /// Extra environment variables. Names starting with `CQRS_` are reserved for the
     /// operator's environment contract.
     #[serde(default)]
+    #[schemars(length(max = 128))]
     pub env: Vec<EnvVar>,
     /// Compute resources of each web pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -82,22 +84,27 @@ impl ServiceType {
 }
 
 /// A worker role: consumes one queue, scaled on its depth.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.env) || self.env.all(e, !e.name.startsWith('CQRS_'))").message("env names starting with CQRS_ are set by the operator (see the environment contract)").field_path(".env"))]
 pub struct WorkerSpec {
     /// Name of the role (a DNS label); its Deployment is `<app>-<name>`.
     #[schemars(length(min = 1, max = 40), pattern("^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
     pub name: String,
     /// Container image of the worker.
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1), pattern(r"\S"))]
     pub image: String,
     /// Arguments passed to the image's entrypoint.
     #[serde(default)]
     pub args: Vec<String>,
     /// The queue this role consumes; must be one of `queues[].name`.
+    // NB: the length bound keeps the CEL rules that compare queue names within the
+    // apiserver's cost budget (unbounded strings are costed at the request size).
+    #[schemars(length(max = 56))]
     pub queue: String,
     /// Extra environment variables. Names starting with `CQRS_` are reserved.
     #[serde(default)]
+    #[schemars(length(max = 128))]
     pub env: Vec<EnvVar>,
     /// Compute resources of each worker pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -425,6 +425,17 @@ fn behavior(b: &ScalingBehavior, p: &str, e: &mut Errors) {
 }
 
 fn env(vars: &[EnvVar], p: &str, e: &mut Errors) {
+    e.check(
+        vars.len() <= crate::crd::MAX_ENV_VARS,
+        || p.to_owned(),
+        || {
+            format!(
+                "{} variables; at most {} are allowed",
+                vars.len(),
+                crate::crd::MAX_ENV_VARS
+            )
+        },
+    );
     let mut seen = BTreeSet::new();
     for (i, var) in vars.iter().enumerate() {
         let valid = !var.name.is_empty()

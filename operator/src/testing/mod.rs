@@ -1,4 +1,7 @@
-//! Test fixtures: a valid baseline app and builders for its parts.
+//! Test fixtures: a valid baseline app, builders for its parts, and the table of invalid apps.
+//! Compiled for this crate's tests and, with the `test-support` feature, for integration tests.
+
+pub mod invalid;
 
 use k8s_openapi::api::core::v1::EnvVar;
 use kube::api::ObjectMeta;
