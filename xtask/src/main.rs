@@ -6,6 +6,7 @@
 mod azurite;
 mod bench;
 mod chart;
+mod cluster;
 mod crd;
 mod e2e;
 mod images;
@@ -28,9 +29,14 @@ tasks:
   bench   benchmarks on release builds, each against a baseline measured in the same run;
           writes bench/results.md and the README table (--quick: short runs;
           --only <name>: one benchmark; both write target/bench-partial.md instead)
+  cluster up | down | env | status
+          a local Kubernetes 1.33 control plane (etcd, apiserver, controller-manager,
+          scheduler, kwok fake node) from binaries built from the Go module proxy and cached
+          in ~/.cache/cqrs-operator; `eval \"$(cargo xtask cluster env)\"` points kubectl at it
   images  build the operator and reference app container images (needs Docker)
   crd     regenerate charts/cqrs-operator/crds/ from the Rust types
-  tools   install the test tools (Azurite, playwright-core, Chromium, Python chart tools) without running anything
+  tools   install the test tools (Azurite, playwright-core, Chromium, Python chart tools, the
+          control plane binaries) without running anything
 ";
 
 fn main() -> ExitCode {
@@ -42,10 +48,12 @@ fn main() -> ExitCode {
         Some("images") => images::build(),
         Some("test") => test::run(&args[1..]),
         Some("crd") => crd::write(),
+        Some("cluster") => cluster::run(&args[1..]),
         Some("tools") => tools::azurite()
             .and_then(|_| tools::playwright())
             .and_then(|_| tools::chromium())
             .and_then(|_| tools::python())
+            .and_then(|_| cluster::toolchain::ensure())
             .map(|_| ()),
         Some("-h" | "--help" | "help") | None => {
             print!("{USAGE}");

@@ -1,0 +1,357 @@
+//! `cargo xtask cluster up | down | env | status`: a real Kubernetes control plane on this
+//! machine, without Docker.
+//!
+//! etcd, kube-apiserver, kube-controller-manager (every default controller: deployment,
+//! replicaset, garbage collector, namespace, serviceaccount-token, node-lifecycle, ...),
+//! kube-scheduler and the kwok controller with one fake node run as background processes on
+//! free loopback ports. `kwokctl create cluster --runtime binary` launches them from the cached
+//! binaries ([`toolchain`]); kwokctl works offline once every binary is given as a local path,
+//! so there is no launcher of our own. Pods are placed on the kwok node and reported Running;
+//! no container ever runs.
+
+mod procs;
+pub mod toolchain;
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::shell::{output, root, step};
+
+/// The cluster `cargo xtask cluster` manages for people (tests use their own, see
+/// [`Cluster::for_tests`]).
+const USER_CLUSTER: &str = "cqrs";
+
+/// `cargo xtask cluster <command>`.
+pub fn run(args: &[String]) -> Result<()> {
+    match args.first().map(String::as_str) {
+        Some("up") => {
+            let cluster = Cluster::new(USER_CLUSTER, toolchain::ensure()?);
+            cluster.up()?;
+            println!("\ncluster `{}` is ready", cluster.name);
+            println!("    kubeconfig: {}", cluster.kubeconfig().display());
+            println!("    logs:       {}", cluster.logs_dir().display());
+            println!("    use it:     eval \"$(cargo xtask cluster env)\" && kubectl get nodes");
+            Ok(())
+        }
+        Some("down") => Cluster::new(USER_CLUSTER, toolchain::cache_dir()?.join("bin")).down(),
+        Some("env") => {
+            let cluster = Cluster::new(USER_CLUSTER, toolchain::cache_dir()?.join("bin"));
+            if !cluster.exists() {
+                eprintln!(
+                    "# cluster `{USER_CLUSTER}` does not exist: run `cargo xtask cluster up`"
+                );
+            }
+            println!("export KUBECONFIG={}", cluster.kubeconfig().display());
+            println!("export PATH={}:$PATH", cluster.bin.display());
+            Ok(())
+        }
+        Some("status") => Cluster::new(USER_CLUSTER, toolchain::cache_dir()?.join("bin")).status(),
+        _ => bail!("usage: cargo xtask cluster up | down | env | status"),
+    }
+}
+
+/// One kwokctl cluster under `.tools/cluster/clusters/<name>`.
+#[derive(Debug)]
+pub struct Cluster {
+    /// kwokctl's cluster name.
+    pub name: String,
+    /// The cached `bin/` with every tool.
+    pub bin: PathBuf,
+}
+
+impl Cluster {
+    fn new(name: &str, bin: PathBuf) -> Self {
+        Cluster {
+            name: name.to_owned(),
+            bin,
+        }
+    }
+
+    /// A fresh cluster for one `cargo xtask test` run (any earlier one of that name is deleted
+    /// first); deleted again when dropped.
+    pub fn for_tests() -> Result<TestCluster> {
+        let cluster = Cluster::new("cqrs-test", toolchain::ensure()?);
+        cluster.down_quietly();
+        cluster.up()?;
+        Ok(TestCluster(cluster))
+    }
+
+    fn workdir() -> PathBuf {
+        root().join(".tools/cluster")
+    }
+
+    fn dir(&self) -> PathBuf {
+        Self::workdir().join("clusters").join(&self.name)
+    }
+
+    /// The admin kubeconfig (client certificate) of the cluster.
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.dir().join("kubeconfig.yaml")
+    }
+
+    /// Where the components write their logs.
+    pub fn logs_dir(&self) -> PathBuf {
+        self.dir().join("logs")
+    }
+
+    fn exists(&self) -> bool {
+        self.dir().join("kwok.yaml").is_file()
+    }
+
+    fn kwokctl(&self) -> Command {
+        let mut cmd = Command::new(self.bin.join("kwokctl"));
+        cmd.env("KWOK_WORKDIR", Self::workdir())
+            .args(["--name", &self.name]);
+        cmd
+    }
+
+    /// kwokctl with its (JSON, verbose) log appended to `.tools/cluster/<name>-kwokctl.log`.
+    fn kwokctl_logged(&self) -> Result<Command> {
+        std::fs::create_dir_all(Self::workdir())?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.kwokctl_log())?;
+        let mut cmd = self.kwokctl();
+        cmd.stdout(log.try_clone()?).stderr(log);
+        Ok(cmd)
+    }
+
+    fn kwokctl_log(&self) -> PathBuf {
+        Self::workdir().join(format!("{}-kwokctl.log", self.name))
+    }
+
+    /// `kubectl` on this cluster.
+    pub fn kubectl(&self) -> Command {
+        let mut cmd = Command::new(self.bin.join("kubectl"));
+        cmd.env("KUBECONFIG", self.kubeconfig());
+        cmd
+    }
+
+    /// Starts the cluster (creating it when it does not exist); returns once `/readyz` answers
+    /// ok and the node is Ready. Safe to run again.
+    pub fn up(&self) -> Result<()> {
+        if self.exists() && self.running() {
+            println!("\n==> cluster `{}` is already running", self.name);
+        } else if self.exists() && self.restart().is_ok() {
+            println!("    restarted cluster `{}`", self.name);
+        } else {
+            self.down_quietly();
+            self.create()?;
+        }
+        self.wait_ready()
+    }
+
+    fn running(&self) -> bool {
+        let components = procs::components(&self.dir());
+        !components.is_empty() && components.iter().all(|c| c.alive()) && self.readyz()
+    }
+
+    /// Restarts a cluster whose processes stopped (a reboot, a kill). NB: kwokctl checks
+    /// its pid files with signal 0, which a zombie still answers, so `stop` first.
+    fn restart(&self) -> Result<()> {
+        step(
+            &format!("restarting the stopped cluster `{}`", self.name),
+            self.kwokctl_logged()?.args(["stop", "cluster"]),
+        )?;
+        step(
+            "starting its components",
+            self.kwokctl_logged()?
+                .args(["start", "cluster", "--wait", "1m"]),
+        )?;
+        if !self.readyz() {
+            bail!("cluster `{}` did not come back; recreating it", self.name);
+        }
+        Ok(())
+    }
+
+    fn create(&self) -> Result<()> {
+        std::fs::create_dir_all(Self::workdir())?;
+        let config = Self::workdir().join(format!("{}-kwokctl.yaml", self.name));
+        std::fs::write(&config, self.kwokctl_config())?;
+        step(
+            &format!(
+                "creating cluster `{}`: etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok (logs in {})",
+                self.name,
+                self.logs_dir().display()
+            ),
+            // NB: an empty --kubeconfig keeps kwokctl from adding a context to ~/.kube/config.
+            self.kwokctl_logged()?
+                .args(["create", "cluster", "--kubeconfig=", "--wait", "2m", "--config"])
+                .arg(&config),
+        )
+        .with_context(|| format!("kwokctl's log: {}", self.kwokctl_log().display()))
+    }
+
+    /// The kwokctl configuration: binary runtime, loopback only, RBAC and admission on, every
+    /// binary from the cache (so nothing is downloaded).
+    fn kwokctl_config(&self) -> String {
+        let bin = |tool: &str| self.bin.join(tool).display().to_string();
+        format!(
+            "kind: KwokctlConfiguration\napiVersion: config.kwok.x-k8s.io/v1alpha1\noptions:\n\
+             \x20 runtime: binary\n  bindAddress: 127.0.0.1\n  kubeAuthorization: true\n  kubeAdmission: true\n\
+             \x20 kubeVersion: {k8s}\n  etcdBinary: {etcd}\n  kubeApiserverBinary: {apiserver}\n\
+             \x20 kubeControllerManagerBinary: {kcm}\n  kubeSchedulerBinary: {scheduler}\n\
+             \x20 kwokControllerBinary: {kwok}\n  kubectlBinary: {kubectl}\n",
+            k8s = toolchain::KUBERNETES,
+            etcd = bin("etcd"),
+            apiserver = bin("kube-apiserver"),
+            kcm = bin("kube-controller-manager"),
+            scheduler = bin("kube-scheduler"),
+            kwok = bin("kwok"),
+            kubectl = bin("kubectl"),
+        )
+    }
+
+    fn readyz(&self) -> bool {
+        self.kubectl()
+            .args(["get", "--raw", "/readyz", "--request-timeout=5s"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    fn wait_ready(&self) -> Result<()> {
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs(120);
+        while !self.readyz() {
+            if Instant::now() > deadline {
+                bail!(
+                    "kube-apiserver of `{}` did not answer /readyz within 120 s; see {}",
+                    self.name,
+                    self.logs_dir().join("kube-apiserver.log").display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        let nodes = output(self.kubectl().args(["get", "nodes", "-o", "name"]))?;
+        if nodes.trim().is_empty() {
+            step(
+                "adding one kwok node",
+                self.kwokctl_logged()?
+                    .args(["scale", "node", "--replicas", "1"]),
+            )
+            .with_context(|| format!("kwokctl's log: {}", self.kwokctl_log().display()))?;
+        }
+        step(
+            "waiting for /readyz and the node to be Ready",
+            self.kubectl().args([
+                "wait",
+                "--for=condition=Ready",
+                "node",
+                "--all",
+                "--timeout=120s",
+            ]),
+        )
+    }
+
+    /// Stops every component (by pid) and removes the cluster's data.
+    pub fn down(&self) -> Result<()> {
+        if !self.exists() {
+            println!("cluster `{}` does not exist; nothing to stop", self.name);
+            return Ok(());
+        }
+        step(
+            &format!("stopping cluster `{}` and deleting its data", self.name),
+            &mut self.delete_command(),
+        )?;
+        let _ = std::fs::remove_file(self.kwokctl_log());
+        self.kill_leftovers();
+        Ok(())
+    }
+
+    fn down_quietly(&self) {
+        if self.dir().exists() {
+            let _ = self.delete_command().status();
+            self.kill_leftovers();
+            let _ = std::fs::remove_dir_all(self.dir());
+        }
+        let _ = std::fs::remove_file(self.kwokctl_log());
+    }
+
+    fn delete_command(&self) -> Command {
+        let mut cmd = self.kwokctl();
+        // NB: kwokctl removes the cluster's context from this kubeconfig; pointing it at the
+        // cluster's own (deleted with it) leaves ~/.kube/config alone.
+        cmd.args(["delete", "cluster", "--kubeconfig"])
+            .arg(self.kubeconfig())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        cmd
+    }
+
+    /// Kills components kwokctl could not stop (a pid file of a crashed delete, say).
+    fn kill_leftovers(&self) {
+        for component in procs::components(&self.dir()) {
+            if component.alive() {
+                let _ = Command::new("kill")
+                    .args(["-9", &component.pid.to_string()])
+                    .status();
+            }
+        }
+    }
+
+    /// What runs, on which ports, since when.
+    pub fn status(&self) -> Result<()> {
+        if !self.exists() {
+            println!(
+                "cluster `{}` does not exist: `cargo xtask cluster up` creates it",
+                self.name
+            );
+            return Ok(());
+        }
+        println!("cluster `{}` ({})", self.name, self.dir().display());
+        println!(
+            "{:<24} {:>8}  {:<8} {:<32} since",
+            "component", "pid", "state", "listening"
+        );
+        for c in procs::components(&self.dir()) {
+            let ports = c.listening().join(",");
+            println!(
+                "{:<24} {:>8}  {:<8} {:<32} {}",
+                c.name,
+                c.pid,
+                if c.alive() { "running" } else { "stopped" },
+                if ports.is_empty() { "-".into() } else { ports },
+                c.since()
+            );
+        }
+        let ready = self.readyz();
+        println!("\n/readyz: {}", if ready { "ok" } else { "not answering" });
+        if ready {
+            let nodes = output(self.kubectl().args(["get", "nodes", "--no-headers"]))?;
+            println!("nodes:\n{nodes}");
+        }
+        println!("kubeconfig: {}", self.kubeconfig().display());
+        Ok(())
+    }
+}
+
+/// A cluster that is deleted when dropped.
+#[derive(Debug)]
+pub struct TestCluster(Cluster);
+
+impl std::ops::Deref for TestCluster {
+    type Target = Cluster;
+    fn deref(&self) -> &Cluster {
+        &self.0
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        if std::env::var_os("CQRS_KEEP_TEST_CLUSTER").is_some() {
+            println!(
+                "keeping cluster `{}` (CQRS_KEEP_TEST_CLUSTER): KUBECONFIG={}",
+                self.0.name,
+                self.0.kubeconfig().display()
+            );
+            return;
+        }
+        self.0.down_quietly();
+    }
+}
