@@ -16,6 +16,7 @@ pub fn run(extra: &[String]) -> Result<()> {
     tools::playwright()?;
     let chromium = tools::chromium()?;
     let python = tools::python()?;
+    crate::cluster::toolchain::ensure()?;
 
     step(
         "cargo fmt --check",
@@ -37,6 +38,7 @@ pub fn run(extra: &[String]) -> Result<()> {
     crate::chart::check(&python)?;
 
     let azurite = SharedAzurite::start(&azurite_bin)?;
+    let cluster = crate::cluster::Cluster::for_tests()?;
     let mut tests = if nextest_available() {
         let mut c = cargo();
         c.args(["nextest", "run", "--workspace", "--no-fail-fast"]);
@@ -54,8 +56,15 @@ pub fn run(extra: &[String]) -> Result<()> {
         .args(extra)
         .env("CQRS_TEST_AZURITE", azurite.connection_string())
         .env("CHROMIUM", &chromium)
+        .env("CQRS_TEST_KUBECONFIG", cluster.kubeconfig())
+        .env("CQRS_TEST_CLUSTER_LOGS", cluster.logs_dir())
+        .env("CQRS_TEST_K8S_BIN", &cluster.bin)
         .env("RUST_BACKTRACE", "0");
-    let result = step("all tests (against Azurite)", &mut tests);
+    let result = step(
+        "all tests (against Azurite and the local control plane)",
+        &mut tests,
+    );
+    drop(cluster);
     drop(azurite);
     result?;
 

@@ -1,0 +1,9 @@
+//! Tests against a real Kubernetes control plane (kube-apiserver, kube-controller-manager,
+//! kube-scheduler, etcd and a kwok node), started by `cargo xtask test`.
+
+#![allow(clippy::unwrap_used)] // tests: a failed step should fail the test loudly
+
+mod chart;
+mod crd;
+mod support;
+mod workloads;

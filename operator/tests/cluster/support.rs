@@ -1,0 +1,236 @@
+//! The control plane the tests run against, and a namespace of their own for each test.
+//!
+//! `cargo xtask test` starts a fresh local control plane (etcd, kube-apiserver,
+//! kube-controller-manager, kube-scheduler, kwok) and passes it in `CQRS_TEST_KUBECONFIG`,
+//! `CQRS_TEST_K8S_BIN` (kubectl, helm) and `CQRS_TEST_CLUSTER_LOGS`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use kube::config::{KubeConfigOptions, Kubeconfig};
+
+/// The cluster named by the environment.
+#[derive(Debug)]
+pub struct TestCluster {
+    kubeconfig: PathBuf,
+    bin: PathBuf,
+    logs: PathBuf,
+}
+
+fn required(var: &str) -> PathBuf {
+    match std::env::var_os(var) {
+        Some(v) => PathBuf::from(v),
+        None => panic!(
+            "{var} is not set: the cluster tests need a real Kubernetes control plane. \
+             Run them with `cargo xtask test` (which builds and starts one), or start one with \
+             `cargo xtask cluster up` and set CQRS_TEST_KUBECONFIG to the kubeconfig it prints, \
+             CQRS_TEST_K8S_BIN to the bin/ of `cargo xtask cluster env`'s PATH and \
+             CQRS_TEST_CLUSTER_LOGS to the logs/ beside the kubeconfig"
+        ),
+    }
+}
+
+/// The cluster of this test run.
+pub fn cluster() -> &'static TestCluster {
+    static CLUSTER: OnceLock<TestCluster> = OnceLock::new();
+    CLUSTER.get_or_init(|| {
+        let cluster = TestCluster {
+            kubeconfig: required("CQRS_TEST_KUBECONFIG"),
+            bin: required("CQRS_TEST_K8S_BIN"),
+            logs: required("CQRS_TEST_CLUSTER_LOGS"),
+        };
+        for tool in ["kubectl", "helm"] {
+            assert!(
+                cluster.bin.join(tool).exists(),
+                "{} is missing: `cargo xtask cluster up` builds it into the cache",
+                cluster.bin.join(tool).display()
+            );
+        }
+        cluster
+    })
+}
+
+impl TestCluster {
+    /// `kubectl` on the cluster.
+    pub fn kubectl(&self) -> Command {
+        let mut cmd = Command::new(self.bin.join("kubectl"));
+        cmd.env("KUBECONFIG", &self.kubeconfig);
+        cmd
+    }
+
+    /// `helm` on the cluster, with its state kept out of the user's home.
+    pub fn helm(&self) -> Command {
+        let mut cmd = Command::new(self.bin.join("helm"));
+        let home = std::env::temp_dir().join("cqrs-test-helm");
+        cmd.env("KUBECONFIG", &self.kubeconfig)
+            .env("HELM_CACHE_HOME", home.join("cache"))
+            .env("HELM_CONFIG_HOME", home.join("config"))
+            .env("HELM_DATA_HOME", home.join("data"));
+        cmd
+    }
+
+    /// A client with the admin credentials.
+    pub async fn client(&self) -> kube::Client {
+        // NB: kube brings ring and the Azure SDK aws-lc-rs; rustls needs one chosen.
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let kubeconfig = Kubeconfig::read_from(&self.kubeconfig).expect("readable kubeconfig");
+        let config =
+            kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+                .await
+                .expect("usable kubeconfig");
+        kube::Client::try_from(config).expect("a client")
+    }
+
+    /// The last lines of a component's log.
+    pub fn log_tail(&self, component: &str, lines: usize) -> String {
+        let path = self.logs.join(format!("{component}.log"));
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| format!("(cannot read {}: {e})", path.display()));
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+/// Runs `cmd`, returning its output; panics when it cannot start.
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+/// Runs `cmd` and returns its stdout; panics with its stderr when it fails.
+pub fn ok(cmd: &mut Command) -> String {
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A namespace of one test's own, deleted when the test ends; a failing test prints the
+/// apiserver's and controller-manager's log tails.
+#[derive(Debug)]
+pub struct TestNamespace {
+    /// Its name.
+    pub name: String,
+}
+
+impl TestNamespace {
+    /// Creates `<prefix>-<random>`.
+    pub fn create(prefix: &str) -> Self {
+        let suffix = format!(
+            "{:x}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .subsec_nanos()
+                ^ std::process::id()
+        );
+        let name = format!("{prefix}-{suffix}");
+        ok(cluster().kubectl().args(["create", "namespace", &name]));
+        ok(cluster()
+            .kubectl()
+            .args(["label", "namespace", &name, "cqrs.dev/test=true"]));
+        TestNamespace { name }
+    }
+
+    /// `kubectl` in this namespace.
+    pub fn kubectl(&self) -> Command {
+        let mut cmd = cluster().kubectl();
+        cmd.args(["--namespace", &self.name]);
+        cmd
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let c = cluster();
+            eprintln!(
+                "\n--- kube-apiserver log (last 40 lines) ---\n{}\n\
+                 --- kube-controller-manager log (last 40 lines) ---\n{}\n---",
+                c.log_tail("kube-apiserver", 40),
+                c.log_tail("kube-controller-manager", 40)
+            );
+        }
+        let _ = run(cluster().kubectl().args([
+            "delete",
+            "namespace",
+            &self.name,
+            "--wait=false",
+            "--ignore-not-found",
+        ]));
+    }
+}
+
+/// Polls `check` until it returns `Some`, for at most `timeout`; panics naming `what`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(found) = check() {
+            return found;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The workspace root.
+pub fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the operator crate lives in the workspace")
+}
+
+/// The CRD file the chart ships (generated from the Rust types).
+pub fn crd_file() -> PathBuf {
+    root().join("charts/cqrs-operator/crds/cqrsapps.cqrs.dev.yaml")
+}
+
+/// Applies the CRD (server-side, idempotent; every test that needs it calls this) and waits
+/// until it is Established.
+pub fn ensure_crd() {
+    ok(cluster()
+        .kubectl()
+        .args([
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "--field-manager=cqrs-tests",
+            "-f",
+        ])
+        .arg(crd_file()));
+    ok(cluster().kubectl().args([
+        "wait",
+        "--for=condition=Established",
+        "crd/cqrsapps.cqrs.dev",
+        "--timeout=60s",
+    ]));
+}
+
+/// Runs `cmd` with `input` on its stdin.
+pub fn with_stdin(cmd: &mut Command, input: &str) -> Output {
+    use std::io::Write;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(input.as_bytes())
+        .expect("stdin written");
+    child.wait_with_output().expect("the command ends")
+}
