@@ -5,5 +5,7 @@
 
 mod chart;
 mod crd;
+mod lifecycle;
+mod operator;
 mod support;
 mod workloads;

@@ -60,6 +60,11 @@ impl TestCluster {
         cmd
     }
 
+    /// The admin kubeconfig.
+    pub fn kubeconfig(&self) -> &Path {
+        &self.kubeconfig
+    }
+
     /// `helm` on the cluster, with its state kept out of the user's home.
     pub fn helm(&self) -> Command {
         let mut cmd = Command::new(self.bin.join("helm"));
