@@ -311,14 +311,14 @@ pub fn web_service(owner: &Owner, spec: &CqrsAppSpec) -> Option<Service> {
     })
 }
 
-/// A worker role's Deployment with `replicas` (the scaler's current decision; the scaler
-/// changes it afterwards through the scale subresource).
+/// A worker role's Deployment. `replicas` is set only when creating it: from then on the
+/// scaler owns the field (see [`super::workers`]).
 pub fn worker_deployment(
     owner: &Owner,
     spec: &CqrsAppSpec,
     worker: &WorkerSpec,
     access: &StorageAccess,
-    replicas: i32,
+    replicas: Option<i32>,
 ) -> Deployment {
     let rate_file = worker
         .max_messages_per_second
@@ -376,7 +376,7 @@ pub fn worker_deployment(
     Deployment {
         metadata: owner.meta(worker_name(&owner.name, &worker.name), &worker.name),
         spec: Some(DeploymentSpec {
-            replicas: Some(replicas),
+            replicas,
             selector: LabelSelector {
                 match_labels: Some(selector(&owner.name, &worker.name)),
                 ..Default::default()
@@ -395,14 +395,11 @@ pub fn worker_deployment(
     }
 }
 
-/// The ConfigMap holding a rate-limited worker role's per-replica share.
-pub fn rate_configmap(owner: &Owner, worker: &WorkerSpec, share: Option<f64>) -> ConfigMap {
+/// The ConfigMap holding a rate-limited worker role's per-replica share, as the reconciler
+/// applies it: without the share, which only the scaler writes (see [`super::workers`]).
+pub fn rate_configmap(owner: &Owner, worker: &WorkerSpec) -> ConfigMap {
     ConfigMap {
         metadata: owner.meta(rate_configmap_name(&owner.name, &worker.name), &worker.name),
-        data: Some(BTreeMap::from([(
-            RATE_SHARE_KEY.into(),
-            plan::format_rate_share(share),
-        )])),
         ..Default::default()
     }
 }
@@ -455,7 +452,7 @@ mod tests {
     #[test]
     fn pods_run_non_root_with_a_read_only_root_filesystem_and_probes() {
         let a = app();
-        let d = worker_deployment(&owner(), &a.spec, &a.spec.workers[0], &access(), 0);
+        let d = worker_deployment(&owner(), &a.spec, &a.spec.workers[0], &access(), Some(0));
         let pod = d.spec.unwrap().template.spec.unwrap();
         let c = &pod.containers[0];
         let sc = c.security_context.as_ref().unwrap();
@@ -515,8 +512,12 @@ mod tests {
     fn rate_limited_workers_mount_their_share() {
         let mut a = app();
         a.spec.workers[1].max_messages_per_second = Some(60);
-        let d = worker_deployment(&owner(), &a.spec, &a.spec.workers[1], &access(), 3);
-        assert_eq!(d.spec.as_ref().unwrap().replicas, Some(3));
+        let d = worker_deployment(&owner(), &a.spec, &a.spec.workers[1], &access(), None);
+        assert_eq!(
+            d.spec.as_ref().unwrap().replicas,
+            None,
+            "replicas are the scaler's once the Deployment exists"
+        );
         let pod = d.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
         let volume = pod
             .volumes
@@ -532,8 +533,8 @@ mod tests {
         let env = env_of(&d);
         assert!(env.iter().any(|e| e.name == "CQRS_RATE_SHARE_FILE"
             && e.value.as_deref() == Some("/etc/cqrs/rate/share")));
-        let cm = rate_configmap(&owner(), &a.spec.workers[1], Some(20.0));
-        assert_eq!(cm.data.unwrap()["share"], "20.000");
+        let cm = rate_configmap(&owner(), &a.spec.workers[1]);
+        assert_eq!(cm.data, None, "the share is the scaler's to write");
     }
 
     #[test]

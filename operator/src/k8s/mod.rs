@@ -5,6 +5,7 @@ pub mod reconcile;
 pub mod scaling;
 pub mod status;
 pub mod storage;
+pub mod workers;
 
 #[cfg(test)]
 mod tests;

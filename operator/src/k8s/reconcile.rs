@@ -27,7 +27,7 @@ use crate::autoscale::WorkerScaling;
 use crate::crd::{CqrsApp, CqrsAppStatus, DeletionPolicy, QueueStatus, WorkerStatus, condition};
 use crate::metrics::Timer;
 use crate::plan::{self, format_rate_share};
-use crate::scaler::{Observation, rate_share};
+use crate::scaler::Observation;
 use crate::validate::validate_app;
 
 /// Finalizer that lets the operator clean up storage before a CqrsApp goes away.
@@ -230,28 +230,14 @@ async fn apply_children(
     let ns = &owner.namespace;
     let client = &ctx.client;
     apply_object(client, ns, &children::service_account(owner, &app.spec)).await?;
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
     let mut keep_deployments = BTreeSet::new();
     let mut keep_configmaps = BTreeSet::new();
     for worker in &app.spec.workers {
-        let name = children::worker_name(&owner.name, &worker.name);
-        let replicas = desired_replicas(ctx, owner, &deployments, &name, worker).await;
+        super::workers::apply_worker(client, owner, &app.spec, worker, &connected.access).await?;
+        keep_deployments.insert(children::worker_name(&owner.name, &worker.name));
         if worker.max_messages_per_second.is_some() {
-            let cm = children::rate_configmap(
-                owner,
-                worker,
-                rate_share(worker.max_messages_per_second, replicas),
-            );
             keep_configmaps.insert(children::rate_configmap_name(&owner.name, &worker.name));
-            apply_object(client, ns, &cm).await?;
         }
-        apply_object(
-            client,
-            ns,
-            &children::worker_deployment(owner, &app.spec, worker, &connected.access, replicas),
-        )
-        .await?;
-        keep_deployments.insert(name);
     }
     let mut web = None;
     let mut keep_services = BTreeSet::new();
@@ -270,36 +256,13 @@ async fn apply_children(
     Ok(web)
 }
 
-/// The replicas a worker Deployment is applied with: the scaler's latest decision, else what
-/// the Deployment has now, else `minReplicas`; always within the current range.
-async fn desired_replicas(
-    ctx: &Context,
-    owner: &Owner,
-    deployments: &Api<Deployment>,
-    name: &str,
-    worker: &crate::crd::WorkerSpec,
-) -> i32 {
-    let key = (
-        owner.namespace.clone(),
-        owner.name.clone(),
-        worker.name.clone(),
-    );
-    let from_scaler = ctx.scalers.state(&key).and_then(|s| s.desired);
-    let current = match from_scaler {
-        Some(n) => Some(n),
-        None => deployments
-            .get_opt(name)
-            .await
-            .ok()
-            .flatten()
-            .and_then(|d| d.spec.and_then(|s| s.replicas)),
-    };
-    current
-        .unwrap_or(worker.scaling.min_replicas)
-        .clamp(worker.scaling.min_replicas, worker.scaling.max_replicas)
-}
-
-async fn apply_object<K>(client: &kube::Client, namespace: &str, object: &K) -> Result<K, Error>
+/// Applies `object` server-side as the reconciler (forced: it is the only writer of what it
+/// applies).
+pub(super) async fn apply_object<K>(
+    client: &kube::Client,
+    namespace: &str,
+    object: &K,
+) -> Result<K, Error>
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
         + Clone

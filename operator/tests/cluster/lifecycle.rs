@@ -10,11 +10,11 @@ use cqrs_storage::azurite::TestAzurite;
 use cqrs_storage::connection::ConnectionString;
 use kube::api::{Api, ObjectMeta, PostParams};
 
-use crate::operator::{install_chart, storage_secret, Operator};
-use crate::support::{cluster, ok, TestNamespace};
+use crate::operator::{Operator, install_chart, storage_secret};
+use crate::support::{TestNamespace, cluster, ok};
 
 /// The baseline app with storage names of this test's own (the Azurite is shared).
-fn test_app(ns: &TestNamespace) -> CqrsApp {
+pub fn test_app(ns: &TestNamespace) -> CqrsApp {
     let suffix = ns.name.rsplit('-').next().unwrap().to_owned();
     let mut a = app();
     a.metadata = ObjectMeta {
@@ -26,8 +26,16 @@ fn test_app(ns: &TestNamespace) -> CqrsApp {
     let names = [("registrations", "reg"), ("inventory", "inv")];
     for (queue, short) in names {
         let name = format!("{short}-{suffix}");
-        a.spec.queues.iter_mut().filter(|q| q.name == queue).for_each(|q| q.name = name.clone());
-        a.spec.workers.iter_mut().filter(|w| w.queue == queue).for_each(|w| w.queue = name.clone());
+        a.spec
+            .queues
+            .iter_mut()
+            .filter(|q| q.name == queue)
+            .for_each(|q| q.name = name.clone());
+        a.spec
+            .workers
+            .iter_mut()
+            .filter(|w| w.queue == queue)
+            .for_each(|w| w.queue = name.clone());
     }
     a.spec.containers[0].name = format!("res-{suffix}");
     a.spec.containers[1].name = format!("rm-{suffix}");
@@ -35,7 +43,7 @@ fn test_app(ns: &TestNamespace) -> CqrsApp {
     a
 }
 
-fn account(cs: &ConnectionString) -> StorageAccount {
+pub fn account(cs: &ConnectionString) -> StorageAccount {
     StorageAccount::from_connection_string(cs, RetrySettings::default()).expect("an account")
 }
 
@@ -45,10 +53,16 @@ async fn an_applied_app_gets_its_storage_children_and_becomes_ready() {
     let ns = TestNamespace::create("life-apply");
     let release = install_chart(&ns);
     let operator = Operator::start(&ns, &release, "op-a");
-    storage_secret(&ns, "pieshop-storage", &azurite.connection_string.to_connection_string());
+    storage_secret(
+        &ns,
+        "pieshop-storage",
+        &azurite.connection_string.to_connection_string(),
+    );
     let api: Api<CqrsApp> = Api::namespaced(cluster().client().await, &ns.name);
     let app = test_app(&ns);
-    api.create(&PostParams::default(), &app).await.expect("the app is created");
+    api.create(&PostParams::default(), &app)
+        .await
+        .expect("the app is created");
 
     ok(ns.kubectl().args([
         "wait",
@@ -86,7 +100,10 @@ async fn an_applied_app_gets_its_storage_children_and_becomes_ready() {
     }
     let cors = storage.blob_cors_rules().await.expect("CORS rules");
     assert!(
-        cors.iter().any(|r| r.allowed_origins.as_deref().is_some_and(|o| o.contains("http://127.0.0.1:8080"))),
+        cors.iter().any(|r| r
+            .allowed_origins
+            .as_deref()
+            .is_some_and(|o| o.contains("http://127.0.0.1:8080"))),
         "{cors:?}"
     );
 
@@ -112,23 +129,35 @@ async fn an_applied_app_gets_its_storage_children_and_becomes_ready() {
             .lines()
             .find(|l| l.starts_with(&format!("{child} ")))
             .unwrap_or_else(|| panic!("{child} missing:\n{owned}"));
-        assert!(line.ends_with(&format!(" {uid} true")), "{child} is not owned by the app: {line}");
+        assert!(
+            line.ends_with(&format!(" {uid} true")),
+            "{child} is not owned by the app: {line}"
+        );
     }
     // The web role's pod is scheduled and Running on the kwok node.
-    crate::support::wait_for("the web pod to run on the kwok node", Duration::from_secs(60), || {
-        let pods = ok(ns.kubectl().args([
-            "get",
-            "pods",
-            "-l",
-            "cqrs.dev/component=web",
-            "-o",
-            "jsonpath={range .items[*]}{.spec.nodeName} {.status.phase}{\"\\n\"}{end}",
-        ]));
-        pods.lines().any(|l| l.starts_with("node-") && l.ends_with(" Running")).then_some(())
-    });
+    crate::support::wait_for(
+        "the web pod to run on the kwok node",
+        Duration::from_secs(60),
+        || {
+            let pods = ok(ns.kubectl().args([
+                "get",
+                "pods",
+                "-l",
+                "cqrs.dev/component=web",
+                "-o",
+                "jsonpath={range .items[*]}{.spec.nodeName} {.status.phase}{\"\\n\"}{end}",
+            ]));
+            pods.lines()
+                .any(|l| l.starts_with("node-") && l.ends_with(" Running"))
+                .then_some(())
+        },
+    );
     let table = ok(ns.kubectl().args(["get", "cqrsapps"]));
     let row = table.lines().nth(1).unwrap_or_default();
     assert!(row.starts_with("shop ") && row.contains("True"), "{table}");
-    assert!(row.contains("0/0"), "workers summary current/desired: {table}");
+    assert!(
+        row.contains("0/0"),
+        "workers summary current/desired: {table}"
+    );
     operator.assert_no_forbidden();
 }

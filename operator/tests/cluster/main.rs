@@ -7,5 +7,6 @@ mod chart;
 mod crd;
 mod lifecycle;
 mod operator;
+mod scaling;
 mod support;
 mod workloads;

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::support::{cluster, ok, root, run, wait_for, TestNamespace};
+use crate::support::{TestNamespace, cluster, ok, root, run, wait_for};
 
 /// The operator of one test namespace.
 #[derive(Debug)]
@@ -32,7 +32,15 @@ pub fn install_chart(ns: &TestNamespace) -> String {
         .helm()
         .args(["install", &release])
         .arg(root().join("charts/cqrs-operator"))
-        .args(["--namespace", &ns.name, "--set", &watch, "--wait", "--timeout", "120s"]));
+        .args([
+            "--namespace",
+            &ns.name,
+            "--set",
+            &watch,
+            "--wait",
+            "--timeout",
+            "120s",
+        ]));
     release
 }
 
@@ -103,7 +111,10 @@ impl Operator {
             if let Ok(Some(status)) = operator.child.try_wait() {
                 panic!("the operator exited ({status}):\n{}", operator.log_text());
             }
-            operator.get("/readyz").filter(|r| r.starts_with("HTTP/1.1 200")).map(|_| ())
+            operator
+                .get("/readyz")
+                .filter(|r| r.starts_with("HTTP/1.1 200"))
+                .map(|_| ())
         });
         operator
     }
@@ -112,7 +123,11 @@ impl Operator {
     fn get(&self, path: &str) -> Option<String> {
         let mut stream = TcpStream::connect_timeout(&self.metrics, Duration::from_secs(2)).ok()?;
         stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        write!(stream, "GET {path} HTTP/1.1\r\nHost: operator\r\nConnection: close\r\n\r\n").ok()?;
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: operator\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
         let mut response = String::new();
         stream.read_to_string(&mut response).ok()?;
         Some(response)

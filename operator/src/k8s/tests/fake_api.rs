@@ -35,6 +35,10 @@ impl Call {
 #[derive(Default)]
 struct State {
     objects: BTreeMap<String, Value>,
+    /// What each field manager applied (or, as `update:<manager>`, patched) to each path, in
+    /// order: the object is their merge, so a field no manager sets is gone, as with
+    /// server-side apply.
+    applied: BTreeMap<String, Vec<(String, Value)>>,
     calls: Vec<Call>,
     /// Paths whose PATCH answers with this HTTP status (to inject failures).
     failing: BTreeMap<String, u16>,
@@ -243,8 +247,10 @@ fn patch(state: &mut State, call: &Call) -> (StatusCode, Value) {
             .pointer("/spec/replicas")
             .cloned()
             .unwrap_or(Value::Null);
-        deployment["spec"]["replicas"] = replicas;
-        return (StatusCode::OK, scale(deployment));
+        deployment["spec"]["replicas"] = replicas.clone();
+        let answer = scale(deployment);
+        record_update(state, base, call, &json!({"spec": {"replicas": replicas}}));
+        return (StatusCode::OK, answer);
     }
     if let Some(base) = path.strip_suffix("/status") {
         let Some(object) = state.objects.get_mut(base) else {
@@ -267,11 +273,36 @@ fn patch(state: &mut State, call: &Call) -> (StatusCode, Value) {
             return status(404, "NotFound", "not found");
         };
         merge(object, &body);
-        return (StatusCode::OK, object.clone());
+        let answer = object.clone();
+        record_update(state, path, call, &body);
+        return (StatusCode::OK, answer);
     }
-    // Server-side apply: create or replace the applied fields, keep server-owned metadata.
+    // Server-side apply: the object is the merge of what every manager applied; a forced apply
+    // takes its fields away from the other managers. Server-owned metadata is kept.
+    let manager = field_manager(&call.query);
     let existing = state.objects.get(path).cloned();
-    let mut object = body;
+    let bodies = state.applied.entry(path.to_string()).or_default();
+    if call.query.contains("force=true") {
+        for (other, applied) in bodies.iter_mut() {
+            if *other != manager {
+                remove_fields(applied, &body);
+            }
+        }
+    }
+    match bodies.iter_mut().find(|(m, _)| *m == manager) {
+        Some((_, applied)) => *applied = body,
+        None => bodies.push((manager, body)),
+    }
+    let mut object = Value::Null;
+    for (_, applied) in bodies.iter() {
+        merge(&mut object, applied);
+    }
+    object["metadata"]["managedFields"] = Value::Array(
+        bodies
+            .iter()
+            .map(|(m, applied)| json!({"manager": m, "operation": "Apply", "fieldsType": "FieldsV1", "fieldsV1": fields_v1(applied)}))
+            .collect(),
+    );
     if let Some(existing) = existing {
         object["metadata"]["uid"] = existing["metadata"]["uid"].clone();
         if object.get("status").is_none() && existing.get("status").is_some() {
@@ -291,6 +322,55 @@ fn patch(state: &mut State, call: &Call) -> (StatusCode, Value) {
     }
     state.objects.insert(path.to_string(), object.clone());
     (StatusCode::OK, object)
+}
+
+fn field_manager(query: &str) -> String {
+    query
+        .split('&')
+        .find_map(|p| p.strip_prefix("fieldManager="))
+        .unwrap_or("unknown")
+        .to_string()
+}
+
+/// Records a non-apply write (merge patch, scale) so later applies keep it.
+fn record_update(state: &mut State, path: &str, call: &Call, body: &Value) {
+    let manager = format!("update:{}", field_manager(&call.query));
+    let bodies = state.applied.entry(path.to_string()).or_default();
+    match bodies.iter_mut().find(|(m, _)| *m == manager) {
+        Some((_, applied)) => merge(applied, body),
+        None => bodies.push((manager, body.clone())),
+    }
+}
+
+/// Removes from `target` every leaf field `claimed` sets.
+fn remove_fields(target: &mut Value, claimed: &Value) {
+    let (Value::Object(t), Value::Object(c)) = (target, claimed) else {
+        return;
+    };
+    for (key, value) in c {
+        if ["apiVersion", "kind", "metadata"].contains(&key.as_str()) {
+            continue;
+        }
+        match (t.get_mut(key), value) {
+            (Some(child @ Value::Object(_)), Value::Object(_)) => remove_fields(child, value),
+            (Some(_), _) => {
+                t.remove(key);
+            }
+            (None, _) => {}
+        }
+    }
+}
+
+/// `managedFields[].fieldsV1` of an applied body.
+fn fields_v1(body: &Value) -> Value {
+    match body {
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| (format!("f:{k}"), fields_v1(v)))
+                .collect(),
+        ),
+        _ => json!({}),
+    }
 }
 
 fn merge(target: &mut Value, patch: &Value) {

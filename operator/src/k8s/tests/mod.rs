@@ -222,7 +222,10 @@ async fn creates_children_owned_by_the_app_with_the_environment_contract() {
             "PATCH /api/v1/namespaces/shop/serviceaccounts/pieshop",
             "GET /apis/apps/v1/namespaces/shop/deployments/pieshop-registrar",
             "PATCH /apis/apps/v1/namespaces/shop/deployments/pieshop-registrar",
+            // the scaler takes spec.replicas of the new Deployment over
+            "PATCH /apis/apps/v1/namespaces/shop/deployments/pieshop-registrar",
             "GET /apis/apps/v1/namespaces/shop/deployments/pieshop-stocker",
+            "PATCH /apis/apps/v1/namespaces/shop/deployments/pieshop-stocker",
             "PATCH /apis/apps/v1/namespaces/shop/deployments/pieshop-stocker",
             "PATCH /apis/apps/v1/namespaces/shop/deployments/pieshop-web",
             "PATCH /api/v1/namespaces/shop/services/pieshop-web",
@@ -232,6 +235,18 @@ async fn creates_children_owned_by_the_app_with_the_environment_contract() {
             "PATCH /apis/cqrs.dev/v1alpha1/namespaces/shop/cqrsapps/pieshop/status",
         ]
     );
+    let claims: Vec<_> = s
+        .api
+        .calls()
+        .into_iter()
+        .filter(|c| c.query.contains("fieldManager=cqrs-operator-scaler"))
+        .collect();
+    assert_eq!(claims.len(), 2, "one hand-over per new worker Deployment");
+    for claim in &claims {
+        assert!(claim.query.contains("force=true"), "{}", claim.query);
+        let body = claim.body.as_ref().unwrap();
+        assert_eq!(body["spec"], json!({"replicas": 0}), "only spec.replicas");
+    }
     for call in s
         .api
         .calls()

@@ -1,0 +1,184 @@
+//! A worker role's Deployment and rate-share ConfigMap, with one writer per field.
+//!
+//! The reconciler applies them (field manager [`FIELD_MANAGER`]) with everything but the two
+//! fields the scaler changes: `spec.replicas` and the share. Those belong to the scaler
+//! ([`SCALER_MANAGER`]) from the moment the object exists, as HPA users do with their
+//! Deployments: a new Deployment is created with `minReplicas` and the scaler takes the field
+//! over at once with a forced apply, so later applies without it neither reset nor drop it.
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Resource};
+use serde_json::{Value, json};
+
+use super::children::{self, Owner};
+use super::reconcile::{FIELD_MANAGER, apply_object};
+use super::scaling::SCALER_MANAGER;
+use crate::Error;
+use crate::crd::{CqrsAppSpec, WorkerSpec};
+use crate::plan::{RATE_SHARE_KEY, StorageAccess, format_rate_share};
+use crate::scaler::rate_share;
+
+/// Applies worker role `worker`'s ConfigMap (when rate limited) and Deployment.
+pub async fn apply_worker(
+    client: &kube::Client,
+    owner: &Owner,
+    spec: &CqrsAppSpec,
+    worker: &WorkerSpec,
+    access: &StorageAccess,
+) -> Result<(), Error> {
+    let ns = &owner.namespace;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let name = children::worker_name(&owner.name, &worker.name);
+    let existing = deployments
+        .get_opt(&name)
+        .await
+        .map_err(|source| apply_error::<Deployment>(&name, source))?;
+    let replicas = existing
+        .as_ref()
+        .and_then(|d| d.spec.as_ref()?.replicas)
+        .unwrap_or(worker.scaling.min_replicas);
+
+    if worker.max_messages_per_second.is_some() {
+        let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+        let cm = children::rate_configmap(owner, worker);
+        let cm_name = cm.metadata.name.clone().unwrap_or_default();
+        let path = ["data", RATE_SHARE_KEY];
+        let share = format_rate_share(rate_share(worker.max_messages_per_second, replicas));
+        let share = json!({ "data": { RATE_SHARE_KEY: share } });
+        let current = configmaps
+            .get_opt(&cm_name)
+            .await
+            .map_err(|source| apply_error::<ConfigMap>(&cm_name, source))?;
+        if current
+            .as_ref()
+            .is_some_and(|c| owned_by(&c.metadata, FIELD_MANAGER, &path))
+        {
+            claim(&configmaps, &cm_name, share.clone()).await?;
+        }
+        let applied = apply_object(client, ns, &cm).await?;
+        if !owned_by(&applied.metadata, SCALER_MANAGER, &path) {
+            claim(&configmaps, &cm_name, share).await?;
+        }
+    }
+
+    let create = existing.is_none();
+    let deployment = children::worker_deployment(
+        owner,
+        spec,
+        worker,
+        access,
+        create.then_some(worker.scaling.min_replicas),
+    );
+    // NB: a Deployment whose replicas the reconciler still owns (created by an operator that
+    // stopped before handing it over) is handed over first, or the apply below would drop it.
+    let reconciler_owns = existing
+        .as_ref()
+        .is_some_and(|d| owned_by(&d.metadata, FIELD_MANAGER, &["spec", "replicas"]));
+    if reconciler_owns {
+        claim(
+            &deployments,
+            &name,
+            json!({ "spec": { "replicas": replicas } }),
+        )
+        .await?;
+    }
+    apply_object(client, ns, &deployment).await?;
+    if create {
+        claim(
+            &deployments,
+            &name,
+            json!({ "spec": { "replicas": worker.scaling.min_replicas } }),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Takes the fields of `fields` over for the scaler (forced server-side apply).
+async fn claim<K>(api: &Api<K>, name: &str, fields: Value) -> Result<(), Error>
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let mut object = json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "metadata": { "name": name },
+    });
+    if let (Some(object), Some(fields)) = (object.as_object_mut(), fields.as_object()) {
+        object.extend(fields.clone());
+    }
+    api.patch(
+        name,
+        &PatchParams::apply(SCALER_MANAGER).force(),
+        &Patch::Apply(&object),
+    )
+    .await
+    .map_err(|source| apply_error::<K>(name, source))?;
+    Ok(())
+}
+
+fn apply_error<K: Resource<DynamicType = ()>>(name: &str, source: kube::Error) -> Error {
+    Error::ApplyChild {
+        kind: K::kind(&()).to_string(),
+        name: name.to_owned(),
+        source,
+    }
+}
+
+/// Whether `manager` owns the field at `path` (`["spec", "replicas"]`) according to
+/// `metadata.managedFields`.
+pub fn owned_by(meta: &ObjectMeta, manager: &str, path: &[&str]) -> bool {
+    meta.managed_fields.iter().flatten().any(|entry| {
+        entry.manager.as_deref() == Some(manager)
+            && entry.fields_v1.as_ref().is_some_and(|fields| {
+                path.iter()
+                    .try_fold(&fields.0, |node, key| node.get(format!("f:{key}")))
+                    .is_some()
+            })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry};
+
+    use super::*;
+
+    fn meta(entries: &[(&str, Value)]) -> ObjectMeta {
+        ObjectMeta {
+            managed_fields: Some(
+                entries
+                    .iter()
+                    .map(|(manager, fields)| ManagedFieldsEntry {
+                        manager: Some((*manager).into()),
+                        fields_v1: Some(FieldsV1(fields.clone())),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn field_ownership_is_read_from_managed_fields() {
+        let m = meta(&[
+            ("cqrs-operator", json!({"f:spec": {"f:template": {}}})),
+            (
+                "cqrs-operator-scaler",
+                json!({"f:spec": {"f:replicas": {}}}),
+            ),
+        ]);
+        assert!(owned_by(&m, "cqrs-operator-scaler", &["spec", "replicas"]));
+        assert!(!owned_by(&m, "cqrs-operator", &["spec", "replicas"]));
+        assert!(!owned_by(&m, "someone-else", &["spec", "replicas"]));
+        assert!(!owned_by(
+            &ObjectMeta::default(),
+            "cqrs-operator",
+            &["spec"]
+        ));
+    }
+}
