@@ -69,6 +69,10 @@ struct RunArgs {
     /// Log line format.
     #[arg(long, value_enum, env = "CQRS_LOG_FORMAT", default_value = "json")]
     log_format: LogFormat,
+    /// Seconds between provisioning passes of an app whose spec and Secret did not change
+    /// (a changed spec or Secret is provisioned at once).
+    #[arg(long, env = "CQRS_PROVISION_INTERVAL", default_value = "600")]
+    provision_interval: u64,
     /// Give up if the Kubernetes API does not answer within this many seconds at start-up.
     #[arg(long, default_value = "5")]
     connect_timeout: u64,
@@ -174,6 +178,7 @@ async fn run(args: RunArgs) -> ExitCode {
         identity,
         watch_namespace: args.watch_namespace,
         arm_endpoint: args.arm_endpoint,
+        provision_interval: Duration::from_secs(args.provision_interval),
     };
     match k8s::run(client, options).await {
         Ok(()) => {

@@ -11,8 +11,9 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
@@ -20,6 +21,24 @@ use prometheus_client::registry::Registry;
 
 use crate::autoscale::Tick;
 use crate::scaler::{Direction, Observation};
+
+/// `cqrs_storage_requests_total`: every request this process sent to Azure Storage, counted
+/// by the storage layer's HTTP pipeline.
+#[derive(Debug)]
+struct StorageRequests;
+
+impl Collector for StorageRequests {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let counter = ConstCounter::new(cqrs_storage::account::requests_sent());
+        let metric = encoder.encode_descriptor(
+            "storage_requests",
+            "Requests sent to Azure Storage (queues and blobs; every attempt)",
+            None,
+            counter.metric_type(),
+        )?;
+        counter.encode(metric)
+    }
+}
 
 /// Labels of per-app metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -78,6 +97,10 @@ pub struct Metrics {
     registry: Registry,
     /// Reconciliations started.
     pub reconciliations: Counter,
+    /// Status writes (patches that changed what is stored).
+    pub status_writes: Counter,
+    /// Storage provisioning passes (ensure queues, containers, CORS).
+    pub provisionings: Counter,
     /// Reconciliations that failed, by reason.
     pub reconcile_errors: Family<ErrorLabels, Counter>,
     /// How long reconciliations took.
@@ -108,6 +131,8 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("cqrs");
         let reconciliations = Counter::default();
+        let status_writes = Counter::default();
+        let provisionings = Counter::default();
         let reconcile_errors = Family::<ErrorLabels, Counter>::default();
         let reconcile_duration = Histogram::new(exponential_buckets(0.005, 2.0, 12));
         let queue_depth = Family::<QueueLabels, Gauge>::default();
@@ -121,6 +146,17 @@ impl Metrics {
             "CqrsApp reconciliations started",
             reconciliations.clone(),
         );
+        registry.register(
+            "status_writes",
+            "CqrsApp status patches sent (unchanged statuses are not written)",
+            status_writes.clone(),
+        );
+        registry.register(
+            "provisionings",
+            "Storage provisioning passes (on a spec or Secret change, or the provisioning resync)",
+            provisionings.clone(),
+        );
+        registry.register_collector(Box::new(StorageRequests));
         registry.register(
             "reconcile_errors",
             "Failed reconciliations, by reason",
@@ -164,6 +200,8 @@ impl Metrics {
         Self {
             registry,
             reconciliations,
+            status_writes,
+            provisionings,
             reconcile_errors,
             reconcile_duration,
             queue_depth,

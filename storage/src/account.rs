@@ -343,7 +343,34 @@ fn client_options(retry: RetrySettings, sas: Option<Arc<SasPolicy>>) -> ClientOp
     options
         .per_try_policies
         .push(Arc::new(TimeoutPolicy(retry.per_try_timeout)));
+    options.per_try_policies.push(Arc::new(CountingPolicy));
     options
+}
+
+/// Storage requests sent by this process (every attempt, retries included).
+static REQUESTS_SENT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many requests this process has sent to Azure Storage (every attempt of every client
+/// built by this crate), for the `cqrs_storage_requests_total` metric.
+pub fn requests_sent() -> u64 {
+    REQUESTS_SENT.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Counts each attempt on its way out.
+#[derive(Debug)]
+struct CountingPolicy;
+
+#[async_trait]
+impl Policy for CountingPolicy {
+    async fn send(
+        &self,
+        ctx: &Context,
+        request: &mut Request,
+        next: &[Arc<dyn Policy>],
+    ) -> PolicyResult {
+        REQUESTS_SENT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        next[0].send(ctx, request, &next[1..]).await
+    }
 }
 
 fn to_time(d: Duration) -> time::Duration {

@@ -21,7 +21,8 @@ use k8s_openapi::api::core::v1::Service;
 use kube::runtime::controller::Controller;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::utils::Predicate;
+use kube::runtime::{WatchStreamExt, predicates, reflector, watcher};
 use kube::{Api, Client};
 
 use crate::autoscale::Scalers;
@@ -29,6 +30,24 @@ use crate::crd::CqrsApp;
 use crate::metrics::Metrics;
 use scaling::ScalerKey;
 use storage::{Connected, StorageConnector};
+
+/// Default of `--provision-interval`: how often an unchanged app's storage is provisioned
+/// again (catches queues or containers deleted behind the operator's back). Every pass is
+/// several storage calls, and ARM ones for `storage.azure`, which ARM throttles.
+pub const PROVISION_INTERVAL: Duration = Duration::from_secs(600);
+
+/// An app's storage as last provisioned.
+#[derive(Clone, Debug)]
+pub struct Provisioned {
+    /// The connection made then.
+    pub connected: Connected,
+    /// The app's `metadata.generation` then.
+    pub generation: Option<i64>,
+    /// The storage settings' revision then (the Secret's resourceVersion).
+    pub revision: Option<String>,
+    /// When.
+    pub at: std::time::Instant,
+}
 
 /// Everything a reconciliation needs.
 pub struct Context {
@@ -44,8 +63,11 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Consecutive failures per app, for the retry backoff.
     pub failures: Mutex<HashMap<ObjectRef<CqrsApp>, u32>>,
-    /// The last storage connection of each app, for cleanup after its Secret is gone.
-    pub connections: Mutex<HashMap<ObjectRef<CqrsApp>, Connected>>,
+    /// Each app's last successful provisioning: reused until the spec or the Secret changes or
+    /// `provision_interval` has passed, and for cleanup after the Secret is gone.
+    pub provisioned: Mutex<HashMap<ObjectRef<CqrsApp>, Provisioned>>,
+    /// How often storage is provisioned again when nothing changed.
+    pub provision_interval: Duration,
     /// One lock per storage account, held while provisioning (CORS is read-modify-write).
     pub account_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -73,9 +95,16 @@ impl Context {
             scalers: Scalers::default(),
             metrics,
             failures: Mutex::default(),
-            connections: Mutex::default(),
+            provisioned: Mutex::default(),
+            provision_interval: PROVISION_INTERVAL,
             account_locks: Mutex::default(),
         }
+    }
+
+    /// The same context, provisioning again every `interval` when nothing changed.
+    pub fn with_provision_interval(mut self, interval: Duration) -> Self {
+        self.provision_interval = interval;
+        self
     }
 
     /// The provisioning lock of the account behind `probe_id`.
@@ -102,6 +131,8 @@ pub struct RunOptions {
     pub watch_namespace: Option<String>,
     /// ARM endpoint override.
     pub arm_endpoint: Option<url::Url>,
+    /// How often an unchanged app's storage is provisioned again.
+    pub provision_interval: Duration,
 }
 
 /// Why the operator stopped.
@@ -227,12 +258,10 @@ pub async fn run(client: Client, options: RunOptions) -> Result<(), RunError> {
         client.clone(),
         options.arm_endpoint.clone(),
     ));
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        storage,
-        metrics.clone(),
-        reporter,
-    ));
+    let ctx = Arc::new(
+        Context::new(client.clone(), storage, metrics.clone(), reporter)
+            .with_provision_interval(options.provision_interval),
+    );
     let (apps, deployments, services): (Api<CqrsApp>, Api<Deployment>, Api<Service>) =
         match &options.watch_namespace {
             Some(ns) => (
@@ -248,7 +277,19 @@ pub async fn run(client: Client, options: RunOptions) -> Result<(), RunError> {
         };
     let children = watcher::Config::default().labels("app.kubernetes.io/managed-by=cqrs-operator");
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let controller = Controller::new(apps, watcher::Config::default().any_semantic())
+    // NB: react to intent, not to our own writes: a status patch changes neither the
+    // generation nor the finalizers, so it does not reconcile the app again (the resync and
+    // owned objects' changes do). Graceful deletion bumps the generation.
+    let (reader, writer) = reflector::store();
+    let app_events = watcher(apps, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(
+            predicates::generation.combine(predicates::finalizers::<CqrsApp>),
+            Default::default(),
+        );
+    let controller = Controller::for_stream(app_events, reader)
         .owns(deployments, children.clone())
         // NB: a scaling change patches a worker Deployment, whose watch event reconciles the
         // app and refreshes its status; the periodic resync catches the rest.

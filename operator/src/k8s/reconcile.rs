@@ -34,8 +34,10 @@ use crate::validate::validate_app;
 pub const FINALIZER: &str = "cqrs.dev/storage";
 /// Field manager of everything the reconciler applies.
 pub const FIELD_MANAGER: &str = "cqrs-operator";
-/// How often a healthy app is reconciled anyway (refreshes queue depths in its status).
-pub const RESYNC: Duration = Duration::from_secs(30);
+/// How often a healthy app is reconciled anyway (refreshes queue depths in its status; its
+/// storage is provisioned again only every `provision_interval`). Scaling changes reconcile at
+/// once through the Deployment watch, so this only bounds how stale an idle status gets.
+pub const RESYNC: Duration = Duration::from_secs(60);
 
 /// Reconciles one CqrsApp.
 pub async fn reconcile(app: Arc<CqrsApp>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -130,9 +132,19 @@ async fn apply(app: &CqrsApp, ctx: &Context) -> Result<Action, Error> {
         return Ok(Action::await_change());
     }
 
-    let connected = match connect_and_provision(app, ctx).await {
+    let revision = ctx.storage.revision(app).await;
+    let reused = provisioned_and_unchanged(app, ctx, &revision);
+    let provisioned = match reused {
+        Some(c) => Ok(c),
+        None => connect_and_provision(app, ctx, revision).await,
+    };
+    let connected = match provisioned {
         Ok(c) => c,
         Err(problem) => {
+            ctx.provisioned
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&ObjectRef::from_obj(app));
             ctx.scalers
                 .retain(|(ns, name, _)| !(ns == &owner.namespace && name == &owner.name));
             let checks = vec![Check::failed(
@@ -176,8 +188,28 @@ fn status_ready(status: &CqrsAppStatus) -> bool {
         .any(|c| c.type_ == condition::READY && c.status == "True")
 }
 
+/// The connection of the app's last provisioning, if neither its spec nor its storage
+/// settings changed since and the provisioning resync is not due.
+fn provisioned_and_unchanged(
+    app: &CqrsApp,
+    ctx: &Context,
+    revision: &Option<String>,
+) -> Option<Connected> {
+    let provisioned = ctx.provisioned.lock().unwrap_or_else(|p| p.into_inner());
+    let last = provisioned.get(&ObjectRef::from_obj(app))?;
+    (last.generation == app.metadata.generation
+        && &last.revision == revision
+        && last.at.elapsed() < ctx.provision_interval)
+        .then(|| last.connected.clone())
+}
+
 /// Connects to the app's storage and creates what is missing.
-async fn connect_and_provision(app: &CqrsApp, ctx: &Context) -> Result<Connected, StorageProblem> {
+async fn connect_and_provision(
+    app: &CqrsApp,
+    ctx: &Context,
+    revision: Option<String>,
+) -> Result<Connected, StorageProblem> {
+    ctx.metrics.provisionings.inc();
     let connected = ctx.storage.connect(app).await?;
     let owner_id = format!("{}-{}", app.namespace().unwrap_or_default(), app.name_any());
     let plan = plan::storage_plan(&owner_id, &app.spec);
@@ -212,10 +244,18 @@ async fn connect_and_provision(app: &CqrsApp, ctx: &Context) -> Result<Connected
         )
         .await;
     }
-    ctx.connections
+    ctx.provisioned
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .insert(ObjectRef::from_obj(app), connected.clone());
+        .insert(
+            ObjectRef::from_obj(app),
+            super::Provisioned {
+                connected: connected.clone(),
+                generation: app.metadata.generation,
+                revision,
+                at: std::time::Instant::now(),
+            },
+        );
     Ok(connected)
 }
 
@@ -550,9 +590,14 @@ async fn patch_status(
     mut status: CqrsAppStatus,
 ) -> Result<(), Error> {
     status.observed_generation = app.metadata.generation;
-    if app.status.as_ref() == Some(&status) {
+    // Compare what would be stored: times are stored in whole seconds.
+    let stored_form = serde_json::to_value(&status)
+        .ok()
+        .and_then(|v| serde_json::from_value::<CqrsAppStatus>(v).ok());
+    if stored_form.is_some() && app.status == stored_form {
         return Ok(());
     }
+    ctx.metrics.status_writes.inc();
     let api: Api<CqrsApp> =
         Api::namespaced(ctx.client.clone(), &app.namespace().unwrap_or_default());
     let patch = serde_json::json!({ "apiVersion": "cqrs.dev/v1alpha1", "kind": "CqrsApp", "status": status });
@@ -620,7 +665,7 @@ async fn cleanup(app: &CqrsApp, ctx: &Context) -> Result<Action, Error> {
             "deletionPolicy Retain: queues and containers are kept".into(),
         )
         .await;
-        ctx.connections
+        ctx.provisioned
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&key);
@@ -643,11 +688,11 @@ async fn cleanup(app: &CqrsApp, ctx: &Context) -> Result<Action, Error> {
         Ok(c) => c,
         Err(problem) => {
             let cached = ctx
-                .connections
+                .provisioned
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .get(&key)
-                .cloned();
+                .map(|p| p.connected.clone());
             match cached {
                 Some(c) => c,
                 None if problem.reason == "SecretNotFound" => {
@@ -699,7 +744,7 @@ async fn cleanup(app: &CqrsApp, ctx: &Context) -> Result<Action, Error> {
         ),
     )
     .await;
-    ctx.connections
+    ctx.provisioned
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .remove(&key);

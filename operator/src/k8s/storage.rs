@@ -59,6 +59,13 @@ impl StorageProblem {
 pub trait StorageConnector: Send + Sync {
     /// Connects to `app`'s storage.
     async fn connect(&self, app: &CqrsApp) -> Result<Connected, StorageProblem>;
+
+    /// The revision of what `app`'s storage settings come from besides its spec (the
+    /// connection Secret's resourceVersion), so a change provisions again; `None` when there is
+    /// nothing to track or it cannot be read.
+    async fn revision(&self, _app: &CqrsApp) -> Option<String> {
+        None
+    }
 }
 
 /// The connector used in a cluster.
@@ -246,5 +253,13 @@ impl StorageConnector for ClusterStorage {
                 "spec.storage names no storage",
             )),
         }
+    }
+
+    async fn revision(&self, app: &CqrsApp) -> Option<String> {
+        let secret = app.spec.storage.connection_secret_ref.as_ref()?;
+        let namespace = app.metadata.namespace.as_deref().unwrap_or("default");
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
+        let meta = secrets.get_metadata_opt(&secret.name).await.ok()??;
+        meta.metadata.resource_version
     }
 }

@@ -161,3 +161,63 @@ async fn an_applied_app_gets_its_storage_children_and_becomes_ready() {
     );
     operator.assert_no_forbidden();
 }
+
+/// Reconciles, status writes, provisioning passes and storage requests per minute of an idle,
+/// Ready app, from the operator's own metrics over `window`.
+pub fn idle_rates(operator: &Operator, window: Duration) -> [f64; 4] {
+    let names = [
+        "cqrs_reconciliations_total",
+        "cqrs_status_writes_total",
+        "cqrs_provisionings_total",
+        "cqrs_storage_requests_total",
+    ];
+    let before = names.map(|n| operator.metric(n));
+    std::thread::sleep(window);
+    let after = names.map(|n| operator.metric(n));
+    let minutes = window.as_secs_f64() / 60.0;
+    [0, 1, 2, 3].map(|i| (after[i] - before[i]) / minutes)
+}
+
+#[tokio::test]
+async fn an_idle_ready_app_is_quiet() {
+    let azurite = TestAzurite::start().await;
+    let ns = TestNamespace::create("life-idle");
+    let release = install_chart(&ns);
+    let operator = Operator::start(&ns, &release, "op-a");
+    storage_secret(
+        &ns,
+        "pieshop-storage",
+        &azurite.connection_string.to_connection_string(),
+    );
+    let api: Api<CqrsApp> = Api::namespaced(cluster().client().await, &ns.name);
+    api.create(&PostParams::default(), &test_app(&ns))
+        .await
+        .expect("the app is created");
+    ok(ns.kubectl().args([
+        "wait",
+        "--for=condition=Ready",
+        "cqrsapp/shop",
+        "--timeout=120s",
+    ]));
+    // Let the creation's own events (pods becoming ready, first probes) pass.
+    std::thread::sleep(Duration::from_secs(10));
+
+    let [reconciles, status_writes, provisionings, storage] =
+        idle_rates(&operator, Duration::from_secs(120));
+    eprintln!(
+        "measured (idle, 2 workers polling every 5 s): {reconciles:.1} reconciles/min, \
+         {status_writes:.1} status writes/min, {provisionings:.1} provisioning passes/min, \
+         {storage:.1} storage requests/min"
+    );
+    // The resync (every 60 s) and nothing else: at most 2 of each per minute.
+    assert!(reconciles <= 2.0, "{reconciles} reconciles per idle minute");
+    assert!(
+        status_writes <= 2.0,
+        "{status_writes} status writes per idle minute"
+    );
+    assert_eq!(
+        provisionings, 0.0,
+        "nothing changed, so nothing is provisioned again"
+    );
+    operator.assert_no_forbidden();
+}

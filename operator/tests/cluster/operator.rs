@@ -181,7 +181,9 @@ impl Drop for Operator {
             eprintln!(
                 "\n--- operator log ({}; last 60 lines) ---\n{}\n---",
                 self.log.display(),
-                lines[lines.len().saturating_sub(60)..].join("\n")
+                lines[lines.len().saturating_sub(60)..]
+                    .join("\n")
+                    .replace("\"target\":", "")
             );
         }
     }
