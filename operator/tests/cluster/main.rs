@@ -3,8 +3,11 @@
 
 #![allow(clippy::unwrap_used)] // tests: a failed step should fail the test loudly
 
+mod changes;
 mod chart;
+mod contract;
 mod crd;
+mod leader;
 mod lifecycle;
 mod operator;
 mod scaling;
