@@ -267,6 +267,27 @@ fn dump_diagnostics() {
 /// Runs the scenario; `--keep` leaves the cluster.
 pub fn run(args: &[String]) -> Result<()> {
     let keep = args.iter().any(|a| a == "--keep");
+    let cluster = args
+        .iter()
+        .position(|a| a == "--cluster")
+        .map(|i| args.get(i + 1).map(String::as_str).unwrap_or_default());
+    let docker = on_path("docker") && images::docker_running();
+    match cluster {
+        Some("kwok") => crate::e2e_kwok::run(keep),
+        Some("kind") => run_kind(keep),
+        None if docker => run_kind(keep),
+        None => {
+            println!(
+                "==> no container engine here: using the local control plane (--cluster kwok)"
+            );
+            crate::e2e_kwok::run(keep)
+        }
+        Some(other) => bail!("--cluster takes `kind` or `kwok`, not {other:?}"),
+    }
+}
+
+/// The chart with its demo on kind, with real containers.
+fn run_kind(keep: bool) -> Result<()> {
     let missing = missing_tools(on_path, on_path("docker") && images::docker_running());
     if !missing.is_empty() {
         bail!(

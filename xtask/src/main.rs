@@ -9,6 +9,7 @@ mod chart;
 mod cluster;
 mod crd;
 mod e2e;
+mod e2e_kwok;
 mod images;
 mod shell;
 mod test;
@@ -24,8 +25,10 @@ tasks:
   up      run the reference app locally on Azurite with autoscaling workers (Ctrl-C stops)
   test    everything CI checks: installs test tools if missing, fmt, clippy, CRD in sync,
           all tests against a real Azurite
-  e2e     the chart with its demo on a kind cluster (needs Docker, kind, kubectl, Helm, curl;
-          --keep leaves the cluster)
+  e2e     end to end on a cluster: --cluster kwok (the default without Docker) runs the
+          operator's lifecycle on the local control plane and prints what it measured;
+          --cluster kind the chart with its demo on kind (needs Docker, kind, kubectl, Helm,
+          curl); --keep leaves the cluster
   bench   benchmarks on release builds, each against a baseline measured in the same run;
           writes bench/results.md and the README table (--quick: short runs;
           --only <name>: one benchmark; both write target/bench-partial.md instead)

@@ -87,7 +87,7 @@ fn nextest_available() -> bool {
 
 /// One Azurite for the whole test run (tests each use their own queue and container names),
 /// in memory, on free loopback ports, stopped when dropped.
-struct SharedAzurite {
+pub struct SharedAzurite {
     child: Child,
     blob: u16,
     queue: u16,
@@ -96,7 +96,7 @@ struct SharedAzurite {
 impl SharedAzurite {
     /// Starts it on free ports, trying fresh ones when another process took a port between
     /// our check and Azurite's bind.
-    fn start(bin: &std::path::Path) -> Result<Self> {
+    pub fn start(bin: &std::path::Path) -> Result<Self> {
         println!("\n==> starting Azurite for the tests");
         let mut last = None;
         for _ in 0..3 {
@@ -122,7 +122,7 @@ impl SharedAzurite {
     }
 
     /// Its connection string.
-    fn connection_string(&self) -> String {
+    pub fn connection_string(&self) -> String {
         // The well-known Azurite development account (documented by Microsoft; not a secret).
         format!(
             "AccountName=devstoreaccount1;AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;\

@@ -4,14 +4,12 @@
 use std::time::Duration;
 
 use cqrs_operator::crd::{CqrsApp, DeletionPolicy};
-use cqrs_storage::azurite::TestAzurite;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::EnvVar;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 
-use crate::lifecycle::{account, test_app};
-use crate::operator::{Operator, install_chart, storage_secret};
-use crate::support::{TestNamespace, cluster, ok, run, wait_for};
+use crate::harness::{Harness, SECRET};
+use crate::support::{TestNamespace, eventually, ok, run};
 
 /// The operator's `StorageReady` condition of app `name`: (status, reason).
 async fn storage_ready(api: &Api<CqrsApp>, name: &str) -> Option<(String, String)> {
@@ -21,21 +19,6 @@ async fn storage_ready(api: &Api<CqrsApp>, name: &str) -> Option<(String, String
         .into_iter()
         .find(|c| c.type_ == "StorageReady")
         .map(|c| (c.status, c.reason))
-}
-
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = std::time::Instant::now() + Duration::from_secs(180);
-    while !check().await {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
 }
 
 /// Warning Events about the app with `reason`, as `kubectl get events` lists them.
@@ -53,26 +36,8 @@ fn warnings(ns: &TestNamespace, reason: &str) -> usize {
 
 #[tokio::test]
 async fn spec_updates_are_applied_and_a_removed_worker_takes_its_objects_along() {
-    let azurite = TestAzurite::start().await;
-    let ns = TestNamespace::create("life-update");
-    let release = install_chart(&ns);
-    let operator = Operator::start(&ns, &release, "op-a");
-    storage_secret(
-        &ns,
-        "pieshop-storage",
-        &azurite.connection_string.to_connection_string(),
-    );
-    let client = cluster().client().await;
-    let apps: Api<CqrsApp> = Api::namespaced(client.clone(), &ns.name);
-    apps.create(&PostParams::default(), &test_app(&ns))
-        .await
-        .expect("created");
-    ok(ns.kubectl().args([
-        "wait",
-        "--for=condition=Ready",
-        "cqrsapp/shop",
-        "--timeout=120s",
-    ]));
+    let (h, _) = Harness::ready("life-update", |_| {}).await;
+    let (ns, apps, client) = (&h.ns, &h.apps, &h.client);
 
     let mut app = apps.get("shop").await.expect("the app");
     app.metadata.managed_fields = None;
@@ -82,22 +47,7 @@ async fn spec_updates_are_applied_and_a_removed_worker_takes_its_objects_along()
         value: Some("fast".into()),
         ..Default::default()
     });
-    apps.patch(
-        "shop",
-        &PatchParams::apply("cqrs-tests").force(),
-        &Patch::Apply(&app),
-    )
-    .await
-    .expect("updated");
-    let generation = apps.get("shop").await.expect("the app").metadata.generation;
-    eventually("observedGeneration to follow", || async {
-        apps.get("shop")
-            .await
-            .ok()
-            .and_then(|a| a.status?.observed_generation)
-            == generation
-    })
-    .await;
+    h.edit(&app).await;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
     let registrar = deployments
         .get("shop-registrar")
@@ -122,20 +72,10 @@ async fn spec_updates_are_applied_and_a_removed_worker_takes_its_objects_along()
     apps.patch("shop", &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .expect("updated");
-    wait_for(
+    h.wait_none_left(
         "the stocker's Deployment and ConfigMap to go",
-        Duration::from_secs(60),
-        || {
-            let left = ok(ns.kubectl().args([
-                "get",
-                "deployments,configmaps",
-                "-l",
-                "cqrs.dev/component=stocker",
-                "-o",
-                "name",
-            ]));
-            left.trim().is_empty().then_some(())
-        },
+        "deployments,configmaps",
+        "cqrs.dev/component=stocker",
     );
     assert!(
         deployments
@@ -144,32 +84,35 @@ async fn spec_updates_are_applied_and_a_removed_worker_takes_its_objects_along()
             .expect("a read")
             .is_some()
     );
-    operator.assert_no_forbidden();
+    h.operator.assert_no_forbidden();
 }
 
 #[tokio::test]
 async fn a_missing_secret_or_key_is_reported_once_and_fixed_without_touching_the_app() {
-    let azurite = TestAzurite::start().await;
-    let ns = TestNamespace::create("life-secret");
-    let release = install_chart(&ns);
-    let operator = Operator::start(&ns, &release, "op-a");
-    let apps: Api<CqrsApp> = Api::namespaced(cluster().client().await, &ns.name);
-    apps.create(&PostParams::default(), &test_app(&ns))
-        .await
-        .expect("created");
-    eventually("StorageReady=False SecretNotFound", || async {
-        storage_ready(&apps, "shop").await == Some(("False".into(), "SecretNotFound".into()))
-    })
+    let h = Harness::start("life-secret").await;
+    let (ns, apps) = (&h.ns, &h.apps);
+    h.create(&h.test_app()).await;
+    eventually(
+        "StorageReady=False SecretNotFound",
+        Duration::from_secs(180),
+        || async {
+            storage_ready(apps, "shop").await == Some(("False".into(), "SecretNotFound".into()))
+        },
+    )
     .await;
     // The wrong key: the Secret exists now, without `connectionString`.
-    let cs = azurite.connection_string.to_connection_string();
-    storage_secret_with_key(&ns, "wrongKey", &cs);
-    eventually("StorageReady=False SecretKeyMissing", || async {
-        storage_ready(&apps, "shop").await == Some(("False".into(), "SecretKeyMissing".into()))
-    })
+    let cs = h.connection_string();
+    storage_secret_with_key(ns, "wrongKey", &cs);
+    eventually(
+        "StorageReady=False SecretKeyMissing",
+        Duration::from_secs(180),
+        || async {
+            storage_ready(apps, "shop").await == Some(("False".into(), "SecretKeyMissing".into()))
+        },
+    )
     .await;
     assert_eq!(
-        warnings(&ns, "SecretNotFound"),
+        warnings(ns, "SecretNotFound"),
         1,
         "one Warning Event, however many retries"
     );
@@ -179,7 +122,7 @@ async fn a_missing_secret_or_key_is_reported_once_and_fixed_without_touching_the
     let out = run(ns.kubectl().args([
         "patch",
         "secret",
-        "pieshop-storage",
+        SECRET,
         "--type=merge",
         "-p",
         &fixed.to_string(),
@@ -191,12 +134,12 @@ async fn a_missing_secret_or_key_is_reported_once_and_fixed_without_touching_the
         "cqrsapp/shop",
         "--timeout=180s",
     ]));
-    assert_eq!(warnings(&ns, "SecretKeyMissing"), 1);
+    assert_eq!(warnings(ns, "SecretKeyMissing"), 1);
     assert_eq!(
         apps.get("shop").await.expect("the app").metadata.generation,
         generation
     );
-    operator.assert_no_forbidden();
+    h.operator.assert_no_forbidden();
 }
 
 fn storage_secret_with_key(ns: &TestNamespace, key: &str, value: &str) {
@@ -204,7 +147,7 @@ fn storage_secret_with_key(ns: &TestNamespace, key: &str, value: &str) {
         "create",
         "secret",
         "generic",
-        "pieshop-storage",
+        SECRET,
         &format!("--from-literal={key}={value}"),
     ]));
     assert!(out.status.success(), "{out:?}");
@@ -212,44 +155,23 @@ fn storage_secret_with_key(ns: &TestNamespace, key: &str, value: &str) {
 
 #[tokio::test]
 async fn deleting_retains_or_deletes_the_storage_and_an_outage_keeps_the_finalizer() {
-    let azurite = TestAzurite::start().await;
-    let ns = TestNamespace::create("life-delete");
-    let release = install_chart(&ns);
-    let operator = Operator::start(&ns, &release, "op-a");
-    let cs = azurite.connection_string.to_connection_string();
-    storage_secret(&ns, "pieshop-storage", &cs);
-    let client = cluster().client().await;
-    let apps: Api<CqrsApp> = Api::namespaced(client.clone(), &ns.name);
-    let storage = account(&azurite.connection_string);
+    let h = Harness::start("life-delete").await;
+    let (ns, apps) = (&h.ns, &h.apps);
+    let cs = h.connection_string();
+    h.create_secret();
+    let storage = h.account();
 
     // Retain: the garbage collector removes the children; queues and containers stay.
-    let retained = test_app(&ns);
-    apps.create(&PostParams::default(), &retained)
-        .await
-        .expect("created");
-    ok(ns.kubectl().args([
-        "wait",
-        "--for=condition=Ready",
-        "cqrsapp/shop",
-        "--timeout=120s",
-    ]));
+    let retained = h.test_app();
+    h.create(&retained).await;
+    h.wait_ready("shop");
     ok(ns
         .kubectl()
         .args(["delete", "cqrsapp", "shop", "--timeout=120s"]));
-    wait_for(
+    h.wait_none_left(
         "the garbage collector to remove the children",
-        Duration::from_secs(60),
-        || {
-            let left = ok(ns.kubectl().args([
-                "get",
-                "deployments,services,configmaps",
-                "-l",
-                "cqrs.dev/app=shop",
-                "-o",
-                "name",
-            ]));
-            left.trim().is_empty().then_some(())
-        },
+        "deployments,services,configmaps",
+        "cqrs.dev/app=shop",
     );
     for queue in &retained.spec.queues {
         storage
@@ -266,7 +188,7 @@ async fn deleting_retains_or_deletes_the_storage_and_an_outage_keeps_the_finaliz
     }
 
     // Delete, with storage out while deleting: the finalizer stays until storage is back.
-    let mut doomed = test_app(&ns);
+    let mut doomed = h.test_app();
     doomed.metadata.name = Some("gone".into());
     doomed.spec.deletion_policy = DeletionPolicy::Delete;
     for q in &mut doomed.spec.queues {
@@ -278,15 +200,8 @@ async fn deleting_retains_or_deletes_the_storage_and_an_outage_keeps_the_finaliz
     for c in &mut doomed.spec.containers {
         c.name = format!("{}-d", c.name);
     }
-    apps.create(&PostParams::default(), &doomed)
-        .await
-        .expect("created");
-    ok(ns.kubectl().args([
-        "wait",
-        "--for=condition=Ready",
-        "cqrsapp/gone",
-        "--timeout=120s",
-    ]));
+    h.create(&doomed).await;
+    h.wait_ready("gone");
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a port")
@@ -298,7 +213,7 @@ async fn deleting_retains_or_deletes_the_storage_and_an_outage_keeps_the_finaliz
     ok(ns.kubectl().args([
         "patch",
         "secret",
-        "pieshop-storage",
+        SECRET,
         "--type=merge",
         "-p",
         &outage.to_string(),
@@ -306,9 +221,11 @@ async fn deleting_retains_or_deletes_the_storage_and_an_outage_keeps_the_finaliz
     apps.delete("gone", &DeleteParams::default())
         .await
         .expect("deletion requested");
-    eventually("a DeleteStorageFailed event", || async {
-        warnings(&ns, "DeleteStorageFailed") >= 1
-    })
+    eventually(
+        "a DeleteStorageFailed event",
+        Duration::from_secs(180),
+        || async { warnings(ns, "DeleteStorageFailed") >= 1 },
+    )
     .await;
     let held = apps
         .get_opt("gone")
@@ -326,12 +243,12 @@ async fn deleting_retains_or_deletes_the_storage_and_an_outage_keeps_the_finaliz
     ok(ns.kubectl().args([
         "patch",
         "secret",
-        "pieshop-storage",
+        SECRET,
         "--type=merge",
         "-p",
         &back.to_string(),
     ]));
-    eventually("the app to be gone", || async {
+    eventually("the app to be gone", Duration::from_secs(180), || async {
         apps.get_opt("gone").await.is_ok_and(|a| a.is_none())
     })
     .await;
@@ -352,5 +269,5 @@ async fn deleting_retains_or_deletes_the_storage_and_an_outage_keeps_the_finaliz
                 .is_err()
         );
     }
-    operator.assert_no_forbidden();
+    h.operator.assert_no_forbidden();
 }

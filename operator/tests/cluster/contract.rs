@@ -8,17 +8,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cqrs_operator::crd::CqrsApp;
-use cqrs_storage::azurite::TestAzurite;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{
     ConfigMap, ConfigMapKeySelector, EnvVar, EnvVarSource, PodSpec, Secret,
 };
-use kube::api::{Api, PostParams};
+use kube::api::Api;
 
-use crate::lifecycle::{account, test_app};
-use crate::operator::{Operator, install_chart, storage_secret};
-use crate::support::{TestNamespace, cluster, ok, run};
+use crate::harness::Harness;
+use crate::support::run;
 
 /// The `reference-app` binary of this build (`cargo test --workspace` builds it).
 fn reference_app() -> PathBuf {
@@ -206,15 +203,9 @@ async fn start_role(
 
 #[tokio::test]
 async fn the_pod_templates_environment_runs_the_real_roles() {
-    let azurite = TestAzurite::start().await;
-    let ns = TestNamespace::create("life-contract");
-    let release = install_chart(&ns);
-    let operator = Operator::start(&ns, &release, "op-a");
-    storage_secret(
-        &ns,
-        "pieshop-storage",
-        &azurite.connection_string.to_connection_string(),
-    );
+    let h = Harness::start("life-contract").await;
+    let (ns, client) = (&h.ns, &h.client);
+    h.create_secret();
     let out = run(ns.kubectl().args([
         "create",
         "configmap",
@@ -222,9 +213,7 @@ async fn the_pod_templates_environment_runs_the_real_roles() {
         "--from-literal=greeting=hello",
     ]));
     assert!(out.status.success(), "{out:?}");
-    let client = cluster().client().await;
-    let apps: Api<CqrsApp> = Api::namespaced(client.clone(), &ns.name);
-    let mut app = test_app(&ns);
+    let mut app = h.test_app();
     app.spec.workers[0].max_messages_per_second = Some(50);
     app.spec.web.as_mut().expect("a web role").env.push(EnvVar {
         name: "GREETING".into(),
@@ -260,23 +249,16 @@ async fn the_pod_templates_environment_runs_the_real_roles() {
         .env
         .extend(settings.clone());
     app.spec.workers[0].env.extend(settings);
-    apps.create(&PostParams::default(), &app)
-        .await
-        .expect("created");
-    ok(ns.kubectl().args([
-        "wait",
-        "--for=condition=Ready",
-        "cqrsapp/shop",
-        "--timeout=120s",
-    ]));
+    h.create(&app).await;
+    h.wait_ready("shop");
 
-    let (web, web_port, web_env) = start_role(&client, &ns.name, "shop-web").await;
+    let (web, web_port, web_env) = start_role(client, &ns.name, "shop-web").await;
     assert_eq!(
         web_env.get("GREETING").map(String::as_str),
         Some("hello"),
         "configMapKeyRef"
     );
-    let (worker, _, worker_env) = start_role(&client, &ns.name, "shop-registrar").await;
+    let (worker, _, worker_env) = start_role(client, &ns.name, "shop-registrar").await;
     let share = worker_env
         .get("CQRS_RATE_SHARE_FILE")
         .expect("the rate share file");
@@ -341,11 +323,12 @@ async fn the_pod_templates_environment_runs_the_real_roles() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
     assert!(!token.is_empty());
-    let depth = account(&azurite.connection_string)
+    let depth = h
+        .account()
         .queue_depth(&app.spec.workers[0].queue)
         .await
         .expect("the queue");
     assert_eq!(depth.approximate, 0, "the worker drained its queue");
     drop((web, worker));
-    operator.assert_no_forbidden();
+    h.operator.assert_no_forbidden();
 }

@@ -1,68 +1,26 @@
 //! The operator's lifecycle on the real control plane, under the chart's RBAC, with the
-//! storage on the real Azurite.
+//! storage on the real Azurite: an app applied, and an idle app.
 
 use std::time::Duration;
 
-use cqrs_operator::crd::{CqrsApp, condition};
-use cqrs_operator::testing::app;
-use cqrs_storage::account::{RetrySettings, StorageAccount};
-use cqrs_storage::azurite::TestAzurite;
-use cqrs_storage::connection::ConnectionString;
-use kube::api::{Api, ObjectMeta, PostParams};
+use cqrs_operator::crd::{CorsSpec, condition};
 
-use crate::operator::{Operator, install_chart, storage_secret};
-use crate::support::{TestNamespace, cluster, ok};
-
-/// The baseline app with storage names of this test's own (the Azurite is shared).
-pub fn test_app(ns: &TestNamespace) -> CqrsApp {
-    let suffix = ns.name.rsplit('-').next().unwrap().to_owned();
-    let mut a = app();
-    a.metadata = ObjectMeta {
-        name: Some("shop".into()),
-        namespace: Some(ns.name.clone()),
-        ..Default::default()
-    };
-    a.status = None;
-    let names = [("registrations", "reg"), ("inventory", "inv")];
-    for (queue, short) in names {
-        let name = format!("{short}-{suffix}");
-        a.spec
-            .queues
-            .iter_mut()
-            .filter(|q| q.name == queue)
-            .for_each(|q| q.name = name.clone());
-        a.spec
-            .workers
-            .iter_mut()
-            .filter(|w| w.queue == queue)
-            .for_each(|w| w.queue = name.clone());
-    }
-    a.spec.containers[0].name = format!("res-{suffix}");
-    a.spec.containers[1].name = format!("rm-{suffix}");
-    a.spec.workers[1].max_messages_per_second = Some(10);
-    a
-}
-
-pub fn account(cs: &ConnectionString) -> StorageAccount {
-    StorageAccount::from_connection_string(cs, RetrySettings::default()).expect("an account")
-}
+use crate::harness::Harness;
+use crate::operator::Operator;
+use crate::support::{ok, wait_for};
 
 #[tokio::test]
 async fn an_applied_app_gets_its_storage_children_and_becomes_ready() {
-    let azurite = TestAzurite::start().await;
-    let ns = TestNamespace::create("life-apply");
-    let release = install_chart(&ns);
-    let operator = Operator::start(&ns, &release, "op-a");
-    storage_secret(
-        &ns,
-        "pieshop-storage",
-        &azurite.connection_string.to_connection_string(),
-    );
-    let api: Api<CqrsApp> = Api::namespaced(cluster().client().await, &ns.name);
-    let app = test_app(&ns);
-    api.create(&PostParams::default(), &app)
-        .await
-        .expect("the app is created");
+    // A CORS rule is account-wide: this test has an Azurite of its own.
+    let h = Harness::start_private("life-apply").await;
+    h.create_secret();
+    let mut app = h.test_app();
+    app.spec.containers[0].cors = Some(CorsSpec {
+        allowed_origins: vec!["http://127.0.0.1:8080".into()],
+        max_age_seconds: 3600,
+    });
+    h.create(&app).await;
+    let (ns, api) = (&h.ns, &h.apps);
 
     ok(ns.kubectl().args([
         "wait",
@@ -82,7 +40,7 @@ async fn an_applied_app_gets_its_storage_children_and_becomes_ready() {
     assert_eq!(status.observed_generation, stored.metadata.generation);
 
     // Storage in Azurite: queues with their poison queues, containers, the CORS rule.
-    let storage = account(&azurite.connection_string);
+    let storage = h.account();
     for queue in &app.spec.queues {
         for name in [queue.name.clone(), format!("{}-poison", queue.name)] {
             storage
@@ -135,7 +93,7 @@ async fn an_applied_app_gets_its_storage_children_and_becomes_ready() {
         );
     }
     // The web role's pod is scheduled and Running on the kwok node.
-    crate::support::wait_for(
+    wait_for(
         "the web pod to run on the kwok node",
         Duration::from_secs(60),
         || {
@@ -159,7 +117,7 @@ async fn an_applied_app_gets_its_storage_children_and_becomes_ready() {
         row.contains("0/0"),
         "workers summary current/desired: {table}"
     );
-    operator.assert_no_forbidden();
+    h.operator.assert_no_forbidden();
 }
 
 /// Reconciles, status writes, provisioning passes and storage requests per minute of an idle,
@@ -180,32 +138,14 @@ pub fn idle_rates(operator: &Operator, window: Duration) -> [f64; 4] {
 
 #[tokio::test]
 async fn an_idle_ready_app_is_quiet() {
-    let azurite = TestAzurite::start().await;
-    let ns = TestNamespace::create("life-idle");
-    let release = install_chart(&ns);
-    let operator = Operator::start(&ns, &release, "op-a");
-    storage_secret(
-        &ns,
-        "pieshop-storage",
-        &azurite.connection_string.to_connection_string(),
-    );
-    let api: Api<CqrsApp> = Api::namespaced(cluster().client().await, &ns.name);
-    api.create(&PostParams::default(), &test_app(&ns))
-        .await
-        .expect("the app is created");
-    ok(ns.kubectl().args([
-        "wait",
-        "--for=condition=Ready",
-        "cqrsapp/shop",
-        "--timeout=120s",
-    ]));
+    let (h, _) = Harness::ready("life-idle", |_| {}).await;
     // Let the creation's own events (pods becoming ready, first probes) pass.
     std::thread::sleep(Duration::from_secs(10));
 
     let [reconciles, status_writes, provisionings, storage] =
-        idle_rates(&operator, Duration::from_secs(120));
+        idle_rates(&h.operator, Duration::from_secs(120));
     eprintln!(
-        "measured (idle, 2 workers polling every 5 s): {reconciles:.1} reconciles/min, \
+        "measured: idle app, 2 workers polling every 5 s: {reconciles:.1} reconciles/min, \
          {status_writes:.1} status writes/min, {provisionings:.1} provisioning passes/min, \
          {storage:.1} storage requests/min"
     );
@@ -219,5 +159,5 @@ async fn an_idle_ready_app_is_quiet() {
         provisionings, 0.0,
         "nothing changed, so nothing is provisioned again"
     );
-    operator.assert_no_forbidden();
+    h.operator.assert_no_forbidden();
 }

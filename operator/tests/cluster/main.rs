@@ -7,6 +7,7 @@ mod changes;
 mod chart;
 mod contract;
 mod crd;
+mod harness;
 mod leader;
 mod lifecycle;
 mod operator;

@@ -155,7 +155,7 @@ impl Operator {
         let forbidden: Vec<String> = self
             .log_text()
             .lines()
-            .filter(|l| l.contains("403") || l.to_ascii_lowercase().contains("forbidden"))
+            .filter(|l| l.to_ascii_lowercase().contains("forbidden"))
             .map(str::to_owned)
             .collect();
         assert!(

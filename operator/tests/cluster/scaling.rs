@@ -1,17 +1,16 @@
 //! Scaling on a real Azurite queue through the real scale subresource, with the scaler the
 //! only writer of `spec.replicas` and of the rate share.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use azure_storage_queue::models::QueueMessage;
-use cqrs_operator::crd::{CqrsApp, ScalingBehavior, ScalingSpec};
+use cqrs_operator::crd::{ScalingBehavior, ScalingSpec};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, EnvVar};
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::Api;
 
-use crate::lifecycle::{account, test_app};
-use crate::operator::{Operator, install_chart, storage_secret};
-use crate::support::{TestNamespace, cluster, ok, wait_for};
+use crate::harness::Harness;
+use crate::support::{eventually, ok, wait_for};
 
 /// Managers that own the field at `path` (`["spec", "replicas"]`) of an object.
 fn owners(meta: &kube::api::ObjectMeta, path: &[&str]) -> Vec<String> {
@@ -59,54 +58,16 @@ async fn replicas(deployments: &Api<Deployment>, name: &str) -> i32 {
         .unwrap_or(-1)
 }
 
-/// Polls `check` every 200 ms until it holds, for at most `timeout`; returns how long it took.
-async fn until<F, Fut>(what: &str, timeout: Duration, mut check: F) -> Duration
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let started = Instant::now();
-    while !check().await {
-        assert!(
-            started.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    started.elapsed()
-}
-
 #[tokio::test]
 async fn a_backlog_scales_the_worker_up_and_the_scaler_alone_owns_replicas_and_share() {
-    let azurite = cqrs_storage::azurite::TestAzurite::start().await;
-    let ns = TestNamespace::create("life-scale");
-    let release = install_chart(&ns);
-    let operator = Operator::start(&ns, &release, "op-a");
-    storage_secret(
-        &ns,
-        "pieshop-storage",
-        &azurite.connection_string.to_connection_string(),
-    );
-    let client = cluster().client().await;
-    let apps: Api<CqrsApp> = Api::namespaced(client.clone(), &ns.name);
-    let mut app = test_app(&ns);
-    app.spec.workers[0].scaling = fast_scaling();
+    let (h, app) =
+        Harness::ready("life-scale", |a| a.spec.workers[0].scaling = fast_scaling()).await;
+    let (ns, apps, client, operator) = (&h.ns, &h.apps, &h.client, &h.operator);
     let queue = app.spec.workers[0].queue.clone();
-    apps.create(&PostParams::default(), &app)
-        .await
-        .expect("the app is created");
-    ok(ns.kubectl().args([
-        "wait",
-        "--for=condition=Ready",
-        "cqrsapp/shop",
-        "--timeout=120s",
-    ]));
 
     // A backlog of 12 messages: ceil(12 / 5) = 3 replicas.
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
-    let queue_client = account(&azurite.connection_string)
-        .queue(&queue)
-        .expect("a queue client");
+    let queue_client = h.account().queue(&queue).expect("a queue client");
     for i in 0..12 {
         let message = QueueMessage {
             message_text: Some(format!("m{i}")),
@@ -116,7 +77,7 @@ async fn a_backlog_scales_the_worker_up_and_the_scaler_alone_owns_replicas_and_s
             .await
             .expect("enqueued");
     }
-    let up = until(
+    let up = eventually(
         "the registrar to scale to 3",
         Duration::from_secs(60),
         || async { replicas(&deployments, "shop-registrar").await == 3 },
@@ -143,7 +104,7 @@ async fn a_backlog_scales_the_worker_up_and_the_scaler_alone_owns_replicas_and_s
         "jsonpath={.items[*].spec.replicas}",
     ]));
     assert_eq!(replica_sets.trim(), "3");
-    until(
+    eventually(
         "status current/desired 3/3",
         Duration::from_secs(60),
         || async {
@@ -191,27 +152,10 @@ async fn a_backlog_scales_the_worker_up_and_the_scaler_alone_owns_replicas_and_s
         value: Some("hello".into()),
         ..Default::default()
     });
-    edited.metadata.managed_fields = None;
-    apps.patch(
-        "shop",
-        &PatchParams::apply("cqrs-tests").force(),
-        &Patch::Apply(&edited),
-    )
-    .await
-    .expect("the edit is applied");
-    let generation = apps.get("shop").await.expect("the app").metadata.generation;
-    until(
-        "the edit to be reconciled",
-        Duration::from_secs(60),
-        || async {
-            apps.get("shop")
-                .await
-                .ok()
-                .and_then(|a| a.status?.observed_generation)
-                == generation
-                && operator.metric("cqrs_reconciliations_total") >= reconciles + 2.0
-        },
-    )
+    h.edit(&edited).await;
+    eventually("two more passes", Duration::from_secs(120), || async {
+        operator.metric("cqrs_reconciliations_total") >= reconciles + 2.0
+    })
     .await;
     let registrar = deployments
         .get("shop-registrar")
@@ -247,7 +191,7 @@ async fn a_backlog_scales_the_worker_up_and_the_scaler_alone_owns_replicas_and_s
         .clear(None)
         .await
         .expect("the queue is cleared");
-    let down = until(
+    let down = eventually(
         "the registrar to return to 0",
         Duration::from_secs(60),
         || async { replicas(&deployments, "shop-registrar").await == 0 },

@@ -73,7 +73,12 @@ impl Cluster {
     /// A fresh cluster for one `cargo xtask test` run (any earlier one of that name is deleted
     /// first); deleted again when dropped.
     pub fn for_tests() -> Result<TestCluster> {
-        let cluster = Cluster::new("cqrs-test", toolchain::ensure()?);
+        Self::fresh("cqrs-test")
+    }
+
+    /// A fresh cluster `name` (any earlier one is deleted first), deleted when dropped.
+    pub fn fresh(name: &str) -> Result<TestCluster> {
+        let cluster = Cluster::new(name, toolchain::ensure()?);
         cluster.down_quietly();
         cluster.up()?;
         Ok(TestCluster(cluster))
