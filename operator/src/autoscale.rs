@@ -28,6 +28,17 @@ pub struct WorkerScaling {
     pub max_messages_per_second: Option<u32>,
 }
 
+impl From<&crate::crd::WorkerSpec> for WorkerScaling {
+    fn from(worker: &crate::crd::WorkerSpec) -> Self {
+        WorkerScaling {
+            worker: worker.name.clone(),
+            queue: worker.queue.clone(),
+            scaling: worker.scaling.clone(),
+            max_messages_per_second: worker.max_messages_per_second,
+        }
+    }
+}
+
 /// Why a scale target could not be read or changed.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{0}")]

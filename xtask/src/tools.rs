@@ -26,9 +26,22 @@ pub fn azurite() -> Result<PathBuf> {
              (e.g. `apt-get install nodejs npm`, or from https://nodejs.org), then run this again"
         );
     }
-    std::fs::create_dir_all(&dir)?;
+    npm_install(&dir, "azurite", AZURITE_VERSION)?;
+    if !bin.is_file() {
+        bail!("npm finished but {} is missing", bin.display());
+    }
+    Ok(bin)
+}
+
+/// Installs `package@version` from npm into `dir` (a folder of `.tools/`).
+fn npm_install(dir: &std::path::Path, package: &str, version: &str) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let shown = dir.strip_prefix(root()).unwrap_or(dir);
     step(
-        &format!("installing Azurite {AZURITE_VERSION} from npm into .tools/azurite"),
+        &format!(
+            "installing {package} {version} from npm into {}",
+            shown.display()
+        ),
         Command::new("npm")
             .args([
                 "install",
@@ -37,13 +50,9 @@ pub fn azurite() -> Result<PathBuf> {
                 "--loglevel=error",
                 "--prefix",
             ])
-            .arg(&dir)
-            .arg(format!("azurite@{AZURITE_VERSION}")),
-    )?;
-    if !bin.is_file() {
-        bail!("npm finished but {} is missing", bin.display());
-    }
-    Ok(bin)
+            .arg(dir)
+            .arg(format!("{package}@{version}")),
+    )
 }
 
 /// The playwright-core release the browser tests drive Chromium with.
@@ -63,20 +72,7 @@ pub fn playwright() -> Result<PathBuf> {
             "the browser tests need playwright-core from npm, and npm is not on PATH (install Node.js 18+)"
         );
     }
-    std::fs::create_dir_all(&dir)?;
-    step(
-        &format!("installing playwright-core {PLAYWRIGHT_VERSION} from npm into .tools/playwright"),
-        Command::new("npm")
-            .args([
-                "install",
-                "--no-audit",
-                "--no-fund",
-                "--loglevel=error",
-                "--prefix",
-            ])
-            .arg(&dir)
-            .arg(format!("playwright-core@{PLAYWRIGHT_VERSION}")),
-    )?;
+    npm_install(&dir, "playwright-core", PLAYWRIGHT_VERSION)?;
     Ok(module)
 }
 

@@ -89,6 +89,19 @@ pub struct CqrsAppSpec {
     pub workers: Vec<WorkerSpec>,
 }
 
+impl CqrsAppSpec {
+    /// The visibility timeout of `worker`'s queue (how long a worker may take over one
+    /// message before it is delivered again).
+    pub fn visibility_timeout_of(&self, worker: &WorkerSpec) -> u32 {
+        self.queues
+            .iter()
+            .find(|q| q.name == worker.queue)
+            .map_or_else(defaults::visibility_timeout, |q| {
+                q.visibility_timeout_seconds
+            })
+    }
+}
+
 /// What deleting a CqrsApp does to its storage.
 #[derive(
     Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,

@@ -352,11 +352,7 @@ pub fn worker_deployment(
             },
         )
     });
-    let visibility = spec
-        .queues
-        .iter()
-        .find(|q| q.name == worker.queue)
-        .map_or(30, |q| q.visibility_timeout_seconds);
+    let visibility = spec.visibility_timeout_of(worker);
     let template = pod_template(
         owner,
         spec,

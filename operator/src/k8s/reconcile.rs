@@ -374,12 +374,7 @@ fn run_scalers(app: &CqrsApp, ctx: &Context, owner: &Owner, connected: &Connecte
             owner.name.clone(),
             worker.name.clone(),
         );
-        let settings = WorkerScaling {
-            worker: worker.name.clone(),
-            queue: worker.queue.clone(),
-            scaling: worker.scaling.clone(),
-            max_messages_per_second: worker.max_messages_per_second,
-        };
+        let settings = WorkerScaling::from(worker);
         let client = ctx.client.clone();
         let ns = owner.namespace.clone();
         let deployment = children::worker_name(&owner.name, &worker.name);

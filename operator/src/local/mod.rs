@@ -327,11 +327,7 @@ pub async fn run(
         );
         env.retain(|(k, _)| k != cqrs_storage::contract::PORT);
         env.extend(user_env(&worker.name, &worker.env));
-        let visibility = spec
-            .queues
-            .iter()
-            .find(|q| q.name == worker.queue)
-            .map_or(30, |q| q.visibility_timeout_seconds);
+        let visibility = spec.visibility_timeout_of(worker);
         let launch = Launch {
             role: worker.name.clone(),
             program,
@@ -340,12 +336,7 @@ pub async fn run(
             grace: Duration::from_secs(u64::from(visibility) + 10),
         };
         let processes = Arc::new(RoleProcesses::new(launch, None, rate_file));
-        let settings = WorkerScaling {
-            worker: worker.name.clone(),
-            queue: worker.queue.clone(),
-            scaling: worker.scaling.clone(),
-            max_messages_per_second: worker.max_messages_per_second,
-        };
+        let settings = WorkerScaling::from(worker);
         let target = processes.clone();
         scalers.ensure(
             worker.name.clone(),
