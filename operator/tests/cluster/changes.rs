@@ -21,6 +21,16 @@ async fn storage_ready(api: &Api<CqrsApp>, name: &str) -> Option<(String, String
         .map(|c| (c.status, c.reason))
 }
 
+/// Waits until app `shop` reports `StorageReady=False` with `reason`.
+async fn storage_fails_with(apps: &Api<CqrsApp>, reason: &str) {
+    eventually(
+        &format!("StorageReady=False {reason}"),
+        Duration::from_secs(180),
+        || async { storage_ready(apps, "shop").await == Some(("False".into(), reason.into())) },
+    )
+    .await;
+}
+
 /// Warning Events about the app with `reason`, as `kubectl get events` lists them.
 fn warnings(ns: &TestNamespace, reason: &str) -> usize {
     let out = ok(ns.kubectl().args([
@@ -92,25 +102,11 @@ async fn a_missing_secret_or_key_is_reported_once_and_fixed_without_touching_the
     let h = Harness::start("life-secret").await;
     let (ns, apps) = (&h.ns, &h.apps);
     h.create(&h.test_app()).await;
-    eventually(
-        "StorageReady=False SecretNotFound",
-        Duration::from_secs(180),
-        || async {
-            storage_ready(apps, "shop").await == Some(("False".into(), "SecretNotFound".into()))
-        },
-    )
-    .await;
+    storage_fails_with(apps, "SecretNotFound").await;
     // The wrong key: the Secret exists now, without `connectionString`.
     let cs = h.connection_string();
     storage_secret_with_key(ns, "wrongKey", &cs);
-    eventually(
-        "StorageReady=False SecretKeyMissing",
-        Duration::from_secs(180),
-        || async {
-            storage_ready(apps, "shop").await == Some(("False".into(), "SecretKeyMissing".into()))
-        },
-    )
-    .await;
+    storage_fails_with(apps, "SecretKeyMissing").await;
     assert_eq!(
         warnings(ns, "SecretNotFound"),
         1,
