@@ -1,6 +1,8 @@
 //! The Kubernetes controller: `cqrs-operator run`.
 
 pub mod children;
+mod cleanup;
+mod provision;
 pub mod reconcile;
 pub mod scaling;
 pub mod status;
@@ -105,6 +107,11 @@ impl Context {
     pub fn with_provision_interval(mut self, interval: Duration) -> Self {
         self.provision_interval = interval;
         self
+    }
+
+    /// Stops every probe loop of app `app` in `namespace`.
+    pub fn stop_app(&self, namespace: &str, app: &str) {
+        self.scalers.retain(|key| !key.of_app(namespace, app));
     }
 
     /// The provisioning lock of the account behind `probe_id`.

@@ -19,14 +19,14 @@ use serde::de::DeserializeOwned;
 
 use super::Context;
 use super::children::{self, APP_LABEL, Owner};
-use super::scaling::{ClusterObserver, DeploymentTarget};
+use super::scaling::{ClusterObserver, DeploymentTarget, ScalerKey};
 use super::status::{Check, conditions, find, ready};
-use super::storage::{Connected, StorageProblem};
+use super::storage::Connected;
 use crate::Error;
 use crate::autoscale::WorkerScaling;
-use crate::crd::{CqrsApp, CqrsAppStatus, DeletionPolicy, QueueStatus, WorkerStatus, condition};
+use crate::crd::{CqrsApp, CqrsAppStatus, QueueStatus, WorkerStatus, condition};
 use crate::metrics::Timer;
-use crate::plan::{self, format_rate_share};
+use crate::plan::format_rate_share;
 use crate::scaler::Observation;
 use crate::validate::validate_app;
 
@@ -51,7 +51,7 @@ pub async fn reconcile(app: Arc<CqrsApp>, ctx: Arc<Context>) -> Result<Action, E
     let result = finalizer(&api, FINALIZER, app, |event| async {
         match event {
             Event::Apply(app) => apply(&app, &ctx).await,
-            Event::Cleanup(app) => cleanup(&app, &ctx).await,
+            Event::Cleanup(app) => super::cleanup::cleanup(&app, &ctx).await,
         }
     })
     .await
@@ -95,48 +95,38 @@ pub fn backoff(failures: u32) -> Duration {
 async fn apply(app: &CqrsApp, ctx: &Context) -> Result<Action, Error> {
     let owner = Owner::of(app).ok_or(Error::IncompleteObject("metadata.uid"))?;
     if let Err(invalid) = validate_app(&owner.name, &app.spec) {
-        ctx.scalers
-            .retain(|(ns, name, _)| !(ns == &owner.namespace && name == &owner.name));
         let message = invalid.to_string();
+        let not = |type_, what| Check::failed(type_, "InvalidSpec", what);
         let checks = vec![
-            Check::failed(
+            not(
                 condition::STORAGE_READY,
-                "InvalidSpec",
                 "not provisioned: the spec is invalid",
             ),
-            Check::failed(
-                condition::WEB_READY,
-                "InvalidSpec",
-                "not deployed: the spec is invalid",
-            ),
-            Check::failed(
+            not(condition::WEB_READY, "not deployed: the spec is invalid"),
+            not(
                 condition::WORKERS_READY,
-                "InvalidSpec",
                 "not deployed: the spec is invalid",
             ),
         ];
-        let status = CqrsAppStatus {
-            conditions: all_conditions(
-                app,
-                checks,
-                Some(Check::failed(
-                    condition::READY,
-                    "InvalidSpec",
-                    message.clone(),
-                )),
-            ),
-            ..app.status.clone().unwrap_or_default()
-        };
-        warn_on_change(app, ctx, "InvalidSpec", &message).await;
-        patch_status(app, ctx, status).await?;
+        let ready = Check::failed(condition::READY, "InvalidSpec", message.clone());
+        report_failure(
+            app,
+            ctx,
+            &owner,
+            checks,
+            Some(ready),
+            "InvalidSpec",
+            &message,
+        )
+        .await?;
         return Ok(Action::await_change());
     }
 
     let revision = ctx.storage.revision(app).await;
-    let reused = provisioned_and_unchanged(app, ctx, &revision);
+    let reused = super::provision::provisioned_and_unchanged(app, ctx, &revision);
     let provisioned = match reused {
         Some(c) => Ok(c),
-        None => connect_and_provision(app, ctx, revision).await,
+        None => super::provision::connect_and_provision(app, ctx, revision).await,
     };
     let connected = match provisioned {
         Ok(c) => c,
@@ -145,19 +135,21 @@ async fn apply(app: &CqrsApp, ctx: &Context) -> Result<Action, Error> {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&ObjectRef::from_obj(app));
-            ctx.scalers
-                .retain(|(ns, name, _)| !(ns == &owner.namespace && name == &owner.name));
             let checks = vec![Check::failed(
                 condition::STORAGE_READY,
                 problem.reason,
                 problem.message.clone(),
             )];
-            let status = CqrsAppStatus {
-                conditions: all_conditions(app, checks, None),
-                ..app.status.clone().unwrap_or_default()
-            };
-            warn_on_change(app, ctx, problem.reason, &problem.message).await;
-            patch_status(app, ctx, status).await?;
+            report_failure(
+                app,
+                ctx,
+                &owner,
+                checks,
+                None,
+                problem.reason,
+                &problem.message,
+            )
+            .await?;
             return Err(Error::Storage(problem));
         }
     };
@@ -181,82 +173,31 @@ async fn apply(app: &CqrsApp, ctx: &Context) -> Result<Action, Error> {
     Ok(Action::requeue(RESYNC))
 }
 
+/// Stops the app's probe loops, records `checks` (and `ready`, else `Ready` derived from them)
+/// in its status, and publishes a Warning Event when the failure is new.
+async fn report_failure(
+    app: &CqrsApp,
+    ctx: &Context,
+    owner: &Owner,
+    checks: Vec<Check>,
+    ready: Option<Check>,
+    reason: &str,
+    message: &str,
+) -> Result<(), Error> {
+    ctx.stop_app(&owner.namespace, &owner.name);
+    let status = CqrsAppStatus {
+        conditions: all_conditions(app, checks, ready),
+        ..app.status.clone().unwrap_or_default()
+    };
+    warn_on_change(app, ctx, reason, message).await;
+    patch_status(app, ctx, status).await
+}
+
 fn status_ready(status: &CqrsAppStatus) -> bool {
     status
         .conditions
         .iter()
         .any(|c| c.type_ == condition::READY && c.status == "True")
-}
-
-/// The connection of the app's last provisioning, if neither its spec nor its storage
-/// settings changed since and the provisioning resync is not due.
-fn provisioned_and_unchanged(
-    app: &CqrsApp,
-    ctx: &Context,
-    revision: &Option<String>,
-) -> Option<Connected> {
-    let provisioned = ctx.provisioned.lock().unwrap_or_else(|p| p.into_inner());
-    let last = provisioned.get(&ObjectRef::from_obj(app))?;
-    (last.generation == app.metadata.generation
-        && &last.revision == revision
-        && last.at.elapsed() < ctx.provision_interval)
-        .then(|| last.connected.clone())
-}
-
-/// Connects to the app's storage and creates what is missing.
-async fn connect_and_provision(
-    app: &CqrsApp,
-    ctx: &Context,
-    revision: Option<String>,
-) -> Result<Connected, StorageProblem> {
-    ctx.metrics.provisionings.inc();
-    let connected = ctx.storage.connect(app).await?;
-    let owner_id = format!("{}-{}", app.namespace().unwrap_or_default(), app.name_any());
-    let plan = plan::storage_plan(&owner_id, &app.spec);
-    // NB: CORS rules are read-modify-written per account; serialize apps sharing one.
-    let lock = ctx.account_lock(&connected.probe_id);
-    let report = {
-        let _guard = lock.lock().await;
-        connected.provisioner.provision(&plan).await
-    }
-    .map_err(|e| {
-        let reason = if matches!(e, cqrs_storage::Error::AccountProvisioning { .. }) {
-            "AccountProvisioning"
-        } else {
-            "ProvisionFailed"
-        };
-        StorageProblem {
-            reason,
-            message: e.to_string(),
-        }
-    })?;
-    if !report.created.is_empty() || report.cors_updated {
-        let mut what = report.created.clone();
-        if report.cors_updated {
-            what.push("blob-service CORS rule".into());
-        }
-        publish(
-            ctx,
-            app,
-            EventType::Normal,
-            "Provisioned",
-            format!("created or updated: {}", what.join(", ")),
-        )
-        .await;
-    }
-    ctx.provisioned
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(
-            ObjectRef::from_obj(app),
-            super::Provisioned {
-                connected: connected.clone(),
-                generation: app.metadata.generation,
-                revision,
-                at: std::time::Instant::now(),
-            },
-        );
-    Ok(connected)
 }
 
 /// Applies every child and deletes the ones the spec no longer asks for. Returns the web
@@ -369,11 +310,7 @@ where
 /// Starts or updates the probe loop of every worker role; stops loops of removed roles.
 fn run_scalers(app: &CqrsApp, ctx: &Context, owner: &Owner, connected: &Connected) {
     for worker in &app.spec.workers {
-        let key = (
-            owner.namespace.clone(),
-            owner.name.clone(),
-            worker.name.clone(),
-        );
+        let key = ScalerKey::new(&owner.namespace, &owner.name, &worker.name);
         let settings = WorkerScaling::from(worker);
         let client = ctx.client.clone();
         let ns = owner.namespace.clone();
@@ -396,8 +333,8 @@ fn run_scalers(app: &CqrsApp, ctx: &Context, owner: &Owner, connected: &Connecte
         );
     }
     let workers: BTreeSet<&str> = app.spec.workers.iter().map(|w| w.name.as_str()).collect();
-    ctx.scalers.retain(|(ns, name, worker)| {
-        !(ns == &owner.namespace && name == &owner.name) || workers.contains(worker.as_str())
+    ctx.scalers.retain(|key| {
+        !key.of_app(&owner.namespace, &owner.name) || workers.contains(key.worker.as_str())
     });
 }
 
@@ -414,11 +351,7 @@ async fn compute_status(
     for worker in &app.spec.workers {
         let state = ctx
             .scalers
-            .state(&(
-                owner.namespace.clone(),
-                owner.name.clone(),
-                worker.name.clone(),
-            ))
+            .state(&ScalerKey::new(&owner.namespace, &owner.name, &worker.name))
             .unwrap_or_default();
         let tick = state.last_tick.as_ref();
         if let Some(tick) = tick {
@@ -617,7 +550,14 @@ async fn warn_on_change(app: &CqrsApp, ctx: &Context, reason: &str, message: &st
     }
 }
 
-async fn publish(ctx: &Context, app: &CqrsApp, type_: EventType, reason: &str, note: String) {
+/// Publishes an Event about `app` (its note cut to 1000 bytes).
+pub(super) async fn publish(
+    ctx: &Context,
+    app: &CqrsApp,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
     let event = KubeEvent {
         type_,
         reason: reason.into(),
@@ -639,109 +579,4 @@ fn truncate(mut note: String) -> String {
         note.truncate(end);
     }
     note
-}
-
-/// Removes the app's storage when its policy says so, and stops its loops.
-async fn cleanup(app: &CqrsApp, ctx: &Context) -> Result<Action, Error> {
-    let namespace = app.namespace().unwrap_or_default();
-    let name = app.name_any();
-    ctx.scalers
-        .retain(|(ns, n, _)| !(ns == &namespace && n == &name));
-    let queues: Vec<String> = app.spec.queues.iter().map(|q| q.name.clone()).collect();
-    let workers: Vec<String> = app.spec.workers.iter().map(|w| w.name.clone()).collect();
-    ctx.metrics.forget(&namespace, &name, &queues, &workers);
-    let key = ObjectRef::from_obj(app);
-    if app.spec.deletion_policy == DeletionPolicy::Retain {
-        publish(
-            ctx,
-            app,
-            EventType::Normal,
-            "StorageRetained",
-            "deletionPolicy Retain: queues and containers are kept".into(),
-        )
-        .await;
-        ctx.provisioned
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&key);
-        return Ok(Action::await_change());
-    }
-    if validate_app(&name, &app.spec).is_err() {
-        publish(
-            ctx,
-            app,
-            EventType::Warning,
-            "StorageNotDeleted",
-            "the spec is invalid, so the storage it names is left in place".into(),
-        )
-        .await;
-        return Ok(Action::await_change());
-    }
-    // NB: if the connection Secret is already gone (namespace deletion removes it too), use
-    // the connection this operator last made for the app.
-    let connected = match ctx.storage.connect(app).await {
-        Ok(c) => c,
-        Err(problem) => {
-            let cached = ctx
-                .provisioned
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(&key)
-                .map(|p| p.connected.clone());
-            match cached {
-                Some(c) => c,
-                None if problem.reason == "SecretNotFound" => {
-                    publish(
-                        ctx,
-                        app,
-                        EventType::Warning,
-                        "StorageNotDeleted",
-                        format!(
-                            "{}; the queues and containers are left in place",
-                            problem.message
-                        ),
-                    )
-                    .await;
-                    return Ok(Action::await_change());
-                }
-                None => return Err(Error::DeleteStorage(problem)),
-            }
-        }
-    };
-    let plan = plan::storage_plan(&format!("{namespace}-{name}"), &app.spec);
-    let lock = ctx.account_lock(&connected.probe_id);
-    let result = {
-        let _guard = lock.lock().await;
-        connected.provisioner.deprovision(&plan).await
-    };
-    if let Err(e) = result {
-        publish(
-            ctx,
-            app,
-            EventType::Warning,
-            "DeleteStorageFailed",
-            e.to_string(),
-        )
-        .await;
-        return Err(Error::DeleteStorage(StorageProblem {
-            reason: "DeleteStorageFailed",
-            message: e.to_string(),
-        }));
-    }
-    publish(
-        ctx,
-        app,
-        EventType::Normal,
-        "StorageDeleted",
-        format!(
-            "deletionPolicy Delete: deleted queues {:?} (with poison queues) and containers {:?}",
-            plan.queues, plan.containers
-        ),
-    )
-    .await;
-    ctx.provisioned
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .remove(&key);
-    Ok(Action::await_change())
 }

@@ -21,8 +21,32 @@ use crate::scaler::{Direction, Observation};
 /// Field manager of the scaler's writes (replicas, rate shares).
 pub const SCALER_MANAGER: &str = "cqrs-operator-scaler";
 
-/// Key of one worker role's probe loop: namespace, app, worker.
-pub type ScalerKey = (String, String, String);
+/// Key of one worker role's probe loop.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ScalerKey {
+    /// The app's namespace.
+    pub namespace: String,
+    /// The app's name.
+    pub app: String,
+    /// The worker role's name.
+    pub worker: String,
+}
+
+impl ScalerKey {
+    /// The loop of worker `worker` of app `app` in `namespace`.
+    pub fn new(namespace: &str, app: &str, worker: &str) -> Self {
+        Self {
+            namespace: namespace.to_owned(),
+            app: app.to_owned(),
+            worker: worker.to_owned(),
+        }
+    }
+
+    /// Whether the loop belongs to app `app` in `namespace`.
+    pub fn of_app(&self, namespace: &str, app: &str) -> bool {
+        self.namespace == namespace && self.app == app
+    }
+}
 
 /// A worker Deployment, scaled through its scale subresource.
 #[derive(Debug)]
