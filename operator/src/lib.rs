@@ -3,7 +3,8 @@
 //! - [`crd`]: the `CqrsApp` resource; [`validate`]: its rules in Rust; [`manifest`]: files.
 //! - [`plan`]: what an app needs (storage plan, environment contract), independent of where
 //!   it runs.
-//! - [`scaler`]: the pure scaling decision; [`autoscale`]: the probe loop that feeds it.
+//! - [`scaler`]: the pure scaling decision; [`autoscale`]: the probe loop that feeds it;
+//!   [`status`]: the app's status from what the loops saw, for both drivers.
 //! - [`k8s`]: the controller (reconcile, child objects, status, leader election).
 //! - [`local`]: the same app on one machine, roles as child processes.
 //! - [`metrics`]: Prometheus metrics and the health endpoints.
@@ -16,6 +17,8 @@ pub mod manifest;
 pub mod metrics;
 pub mod plan;
 pub mod scaler;
+pub mod shutdown;
+pub mod status;
 pub mod telemetry;
 pub mod validate;
 

@@ -209,7 +209,7 @@ async fn local(args: LocalArgs) -> ExitCode {
         status_addr: args.status_addr,
         web_port: args.web_port,
     };
-    match cqrs_operator::local::run(options, k8s::shutdown_signal()).await {
+    match cqrs_operator::local::run(options, cqrs_operator::shutdown::signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");

@@ -5,7 +5,6 @@ mod cleanup;
 mod provision;
 pub mod reconcile;
 pub mod scaling;
-pub mod status;
 pub mod storage;
 pub mod workers;
 
@@ -212,7 +211,7 @@ pub async fn run(client: Client, options: RunOptions) -> Result<(), RunError> {
     tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
     metrics.set_ready(true);
 
-    let shutdown = shutdown_signal();
+    let shutdown = crate::shutdown::signal();
     tokio::pin!(shutdown);
 
     let mut leadership = None;
@@ -341,27 +340,4 @@ async fn lost(leader: &mut tokio::sync::watch::Receiver<bool>) {
             return;
         }
     }
-}
-
-/// Resolves on SIGTERM or Ctrl-C.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
-    }
-    tracing::info!("shutdown signal received");
 }

@@ -2,11 +2,10 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -20,14 +19,12 @@ use serde::de::DeserializeOwned;
 use super::Context;
 use super::children::{self, APP_LABEL, Owner};
 use super::scaling::{ClusterObserver, DeploymentTarget, ScalerKey};
-use super::status::{Check, conditions, find, ready};
 use super::storage::Connected;
 use crate::Error;
 use crate::autoscale::WorkerScaling;
-use crate::crd::{CqrsApp, CqrsAppStatus, QueueStatus, WorkerStatus, condition};
+use crate::crd::{CqrsApp, CqrsAppStatus, condition};
 use crate::metrics::Timer;
-use crate::plan::format_rate_share;
-use crate::scaler::Observation;
+use crate::status::{self, Check, conditions, find, ready};
 use crate::validate::validate_app;
 
 /// Finalizer that lets the operator clean up storage before a CqrsApp goes away.
@@ -345,65 +342,22 @@ async fn compute_status(
     connected: &Connected,
     web: Option<Deployment>,
 ) -> CqrsAppStatus {
-    let mut workers = Vec::new();
-    let mut worker_problems = Vec::new();
-    let mut queue_from_ticks = std::collections::BTreeMap::new();
-    for worker in &app.spec.workers {
-        let state = ctx
-            .scalers
-            .state(&ScalerKey::new(&owner.namespace, &owner.name, &worker.name))
-            .unwrap_or_default();
-        let tick = state.last_tick.as_ref();
-        if let Some(tick) = tick {
-            match (&tick.observation, &tick.error) {
-                (Observation::Unreadable(why), _) => worker_problems.push(format!(
-                    "{}: queue {} cannot be read ({why}); holding replicas",
-                    worker.name, worker.queue
-                )),
-                (_, Some(e)) => worker_problems.push(format!("{}: {e}", worker.name)),
-                _ => {}
-            }
-            if let Observation::Depth(depth) = &tick.observation {
-                queue_from_ticks.insert(worker.queue.clone(), (*depth, tick.at));
-            }
-        }
-        let current = tick.and_then(|t| t.current).unwrap_or(0);
-        let desired = state.desired.unwrap_or(current);
-        workers.push(WorkerStatus {
+    let views = app
+        .spec
+        .workers
+        .iter()
+        .map(|worker| status::WorkerView {
             name: worker.name.clone(),
-            current_replicas: current,
-            desired_replicas: desired,
-            last_scale_time: state.last_scale.as_ref().map(|(at, _)| to_time(*at)),
-            last_scale_reason: state.last_scale.as_ref().map(|(_, reason)| reason.clone()),
-            rate_share_per_replica: tick
-                .and_then(|t| t.rate_share)
-                .map(|s| format_rate_share(Some(s))),
-        });
-    }
-    let mut queues = Vec::new();
-    for queue in &app.spec.queues {
-        let mut status = QueueStatus {
-            name: queue.name.clone(),
-            ..Default::default()
-        };
-        let (depth, at) = match queue_from_ticks.get(&queue.name) {
-            Some((depth, at)) => (Ok(*depth), *at),
-            None => (
-                connected.probe.queue_depth(&queue.name).await,
-                SystemTime::now(),
-            ),
-        };
-        match depth {
-            Ok(depth) => {
-                status.approximate_message_count = i64::try_from(depth.approximate).ok();
-                status.visible_message_count = depth.visible.and_then(|v| i64::try_from(v).ok());
-            }
-            Err(e) => status.probe_error = Some(e.to_string()),
-        }
-        status.last_probe_time = Some(to_time(at));
-        queues.push(status);
-    }
-
+            queue: worker.queue.clone(),
+            state: ctx
+                .scalers
+                .state(&ScalerKey::new(&owner.namespace, &owner.name, &worker.name))
+                .unwrap_or_default(),
+            running: None,
+        })
+        .collect();
+    let workers = status::workers(views);
+    let queues = status::queues(&app.spec.queues, &workers.depths, connected.probe.as_ref()).await;
     let storage = Check::ok(
         condition::STORAGE_READY,
         "Provisioned",
@@ -413,63 +367,13 @@ async fn compute_status(
             app.spec.containers.len()
         ),
     );
-    let web_check = match (&app.spec.web, &web) {
-        (None, _) => Check::ok(condition::WEB_READY, "NoWebRole", "the app has no web role"),
-        (Some(spec), Some(d)) => {
-            let available = d
-                .status
-                .as_ref()
-                .and_then(|s| s.available_replicas)
-                .unwrap_or(0);
-            if available >= spec.replicas {
-                Check::ok(
-                    condition::WEB_READY,
-                    "Available",
-                    format!("{available}/{} web replica(s) available", spec.replicas),
-                )
-            } else {
-                Check::failed(
-                    condition::WEB_READY,
-                    "ReplicasUnavailable",
-                    format!("{available}/{} web replica(s) available", spec.replicas),
-                )
-            }
-        }
-        (Some(_), None) => Check::failed(
-            condition::WEB_READY,
-            "NotDeployed",
-            "the web Deployment was not applied",
-        ),
-    };
-    let workers_check = if worker_problems.is_empty() {
-        Check::ok(
-            condition::WORKERS_READY,
-            "Scaling",
-            format!(
-                "{} worker role(s) deployed and scaling on their queues",
-                app.spec.workers.len()
-            ),
-        )
-    } else {
-        Check::failed(
-            condition::WORKERS_READY,
-            "ScalingHeld",
-            worker_problems.join("; "),
-        )
-    };
-    let total = queues
-        .iter()
-        .filter_map(|q| q.approximate_message_count)
-        .sum::<i64>();
-    let (current, desired) = workers.iter().fold((0, 0), |(c, d), w| {
-        (c + w.current_replicas, d + w.desired_replicas)
-    });
-    CqrsAppStatus {
-        observed_generation: app.metadata.generation,
-        conditions: all_conditions(app, vec![storage, web_check, workers_check], None),
+    let web_check = web_check(app, web.as_ref());
+    let workers_check = status::workers_check(&workers.problems, app.spec.workers.len());
+    status::assemble(
+        all_conditions(app, vec![storage, web_check, workers_check], None),
         queues,
-        workers,
-        web_endpoint: app.spec.web.as_ref().map(|w| {
+        workers.status,
+        app.spec.web.as_ref().map(|w| {
             format!(
                 "http://{}.{}.svc:{}",
                 children::web_name(&owner.name),
@@ -477,8 +381,32 @@ async fn compute_status(
                 w.service.port
             )
         }),
-        total_queue_depth: Some(total),
-        workers_summary: Some(format!("{current}/{desired}")),
+        app.metadata.generation,
+    )
+}
+
+/// `WebReady` from the web Deployment's available replicas.
+fn web_check(app: &CqrsApp, web: Option<&Deployment>) -> Check {
+    match (&app.spec.web, web) {
+        (None, _) => Check::ok(condition::WEB_READY, "NoWebRole", "the app has no web role"),
+        (Some(spec), Some(d)) => {
+            let available = d
+                .status
+                .as_ref()
+                .and_then(|s| s.available_replicas)
+                .unwrap_or(0);
+            let message = format!("{available}/{} web replica(s) available", spec.replicas);
+            if available >= spec.replicas {
+                Check::ok(condition::WEB_READY, "Available", message)
+            } else {
+                Check::failed(condition::WEB_READY, "ReplicasUnavailable", message)
+            }
+        }
+        (Some(_), None) => Check::failed(
+            condition::WEB_READY,
+            "NotDeployed",
+            "the web Deployment was not applied",
+        ),
     }
 }
 
@@ -506,10 +434,6 @@ fn all_conditions(
         .map(|s| s.conditions.as_slice())
         .unwrap_or_default();
     conditions(previous, &checks, app.metadata.generation, Timestamp::now())
-}
-
-fn to_time(at: SystemTime) -> Time {
-    Time(Timestamp::try_from(at).unwrap_or_else(|_| Timestamp::now()))
 }
 
 async fn patch_status(

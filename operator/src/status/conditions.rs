@@ -1,4 +1,4 @@
-//! Conditions and the status object, computed from what the reconciler found.
+//! Conditions from checks, keeping transition times.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
