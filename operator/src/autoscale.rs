@@ -41,8 +41,27 @@ impl From<&crate::crd::WorkerSpec> for WorkerScaling {
 
 /// Why a scale target could not be read or changed.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("{0}")]
-pub struct TargetError(pub String);
+#[error("cannot {action}: {source}")]
+pub struct TargetError {
+    /// What was attempted (`patch the scale subresource`).
+    pub action: String,
+    /// Why it failed (the API's, the file system's error).
+    #[source]
+    pub source: Arc<dyn std::error::Error + Send + Sync>,
+}
+
+impl TargetError {
+    /// `action` failed because of `source`.
+    pub fn new(
+        action: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            action: action.into(),
+            source: Arc::new(source),
+        }
+    }
+}
 
 /// Something with a replica count the loop controls.
 #[async_trait]

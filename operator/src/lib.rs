@@ -74,7 +74,7 @@ impl Error {
     pub fn reason(&self) -> &'static str {
         match self {
             Error::InvalidSpec(_) => "InvalidSpec",
-            Error::Storage(p) | Error::DeleteStorage(p) => p.reason,
+            Error::Storage(p) | Error::DeleteStorage(p) => p.reason.as_str(),
             Error::ApplyChild { .. } => "ApplyChild",
             Error::PruneChildren { .. } => "PruneChildren",
             Error::PatchStatus(_) => "PatchStatus",

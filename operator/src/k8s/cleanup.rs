@@ -7,7 +7,7 @@ use kube::runtime::reflector::ObjectRef;
 
 use super::Context;
 use super::reconcile::publish;
-use super::storage::StorageProblem;
+use super::storage::{StorageFailure, StorageProblem};
 use crate::Error;
 use crate::crd::{CqrsApp, DeletionPolicy};
 use crate::plan;
@@ -61,7 +61,7 @@ pub(super) async fn cleanup(app: &CqrsApp, ctx: &Context) -> Result<Action, Erro
                 .map(|p| p.connected.clone());
             match cached {
                 Some(c) => c,
-                None if problem.reason == "SecretNotFound" => {
+                None if problem.reason == StorageFailure::SecretNotFound => {
                     publish(
                         ctx,
                         app,
@@ -95,7 +95,7 @@ pub(super) async fn cleanup(app: &CqrsApp, ctx: &Context) -> Result<Action, Erro
         )
         .await;
         return Err(Error::DeleteStorage(StorageProblem {
-            reason: "DeleteStorageFailed",
+            reason: StorageFailure::DeleteStorageFailed,
             message: e.to_string(),
         }));
     }

@@ -144,9 +144,44 @@ pub struct RunOptions {
 /// Why the operator stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    /// No usable cluster configuration, or the API server is unreachable.
-    #[error("{0}")]
-    Cluster(String),
+    /// No usable cluster configuration.
+    #[error("no Kubernetes cluster configuration found (tried {tried}): {source}")]
+    NoConfig {
+        /// Where it looked.
+        tried: String,
+        /// Why none was usable.
+        source: kube::config::InferConfigError,
+    },
+    /// The configuration did not make a client.
+    #[error("cannot build a client for {server} (from {tried}): {source}")]
+    Client {
+        /// The API server.
+        server: String,
+        /// Where the configuration came from.
+        tried: String,
+        /// Why.
+        source: kube::Error,
+    },
+    /// The API server refused or failed the first request.
+    #[error("cannot reach the Kubernetes API at {server} (from {tried}): {source}")]
+    Unreachable {
+        /// The API server.
+        server: String,
+        /// Where the configuration came from.
+        tried: String,
+        /// Why.
+        source: kube::Error,
+    },
+    /// The API server did not answer in time.
+    #[error("the Kubernetes API at {server} (from {tried}) did not answer within {seconds}s")]
+    Timeout {
+        /// The API server.
+        server: String,
+        /// Where the configuration came from.
+        tried: String,
+        /// The limit.
+        seconds: u64,
+    },
     /// The metrics port could not be bound.
     #[error("cannot serve metrics on {addr}: {source}")]
     Metrics {
@@ -155,9 +190,19 @@ pub enum RunError {
         /// Why.
         source: std::io::Error,
     },
-    /// Leader election failed or leadership was lost.
+    /// The Lease could not be used.
+    #[error("leader election: cannot use Lease {namespace}/{name}: {source}")]
+    Lease {
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+        /// Why.
+        source: kube_lease_manager::LeaseManagerError,
+    },
+    /// Leadership ended (lost, or the lease manager stopped).
     #[error("leader election: {0}")]
-    Leadership(String),
+    Leadership(&'static str),
 }
 
 /// Connects to the cluster, checking that the API server answers; the error names the
@@ -170,29 +215,33 @@ pub async fn connect(timeout: Duration) -> Result<Client, RunError> {
         }
         _ => "kubeconfig ~/.kube/config".to_string(),
     };
-    let config = kube::Config::infer().await.map_err(|e| {
-        RunError::Cluster(format!(
-            "no Kubernetes cluster configuration found (tried {source}): {e}"
-        ))
-    })?;
+    let config = kube::Config::infer()
+        .await
+        .map_err(|e| RunError::NoConfig {
+            tried: source.clone(),
+            source: e,
+        })?;
     let server = config.cluster_url.to_string();
-    let client = Client::try_from(config).map_err(|e| {
-        RunError::Cluster(format!(
-            "cannot build a client for {server} (from {source}): {e}"
-        ))
+    let client = Client::try_from(config).map_err(|e| RunError::Client {
+        server: server.clone(),
+        tried: source.clone(),
+        source: e,
     })?;
     match tokio::time::timeout(timeout, client.apiserver_version()).await {
         Ok(Ok(version)) => {
             tracing::info!(%server, version = %version.git_version, "connected to the Kubernetes API");
             Ok(client)
         }
-        Ok(Err(e)) => Err(RunError::Cluster(format!(
-            "cannot reach the Kubernetes API at {server} (from {source}): {e}"
-        ))),
-        Err(_) => Err(RunError::Cluster(format!(
-            "the Kubernetes API at {server} (from {source}) did not answer within {}s",
-            timeout.as_secs()
-        ))),
+        Ok(Err(e)) => Err(RunError::Unreachable {
+            server,
+            tried: source,
+            source: e,
+        }),
+        Err(_) => Err(RunError::Timeout {
+            server,
+            tried: source,
+            seconds: timeout.as_secs(),
+        }),
     }
 }
 
@@ -228,11 +277,10 @@ pub async fn run(client: Client, options: RunOptions) -> Result<(), RunError> {
                 .with_grace(5)
                 .build()
                 .await
-                .map_err(|e| {
-                    RunError::Leadership(format!(
-                        "cannot use Lease {namespace}/{}: {e}",
-                        options.lease_name
-                    ))
+                .map_err(|e| RunError::Lease {
+                    namespace: namespace.clone(),
+                    name: options.lease_name.clone(),
+                    source: e,
                 })?;
         let (mut leader, task) = manager.watch().await;
         tracing::info!(lease = %options.lease_name, %namespace, identity = %options.identity, "waiting to become the leader");
@@ -242,7 +290,7 @@ pub async fn run(client: Client, options: RunOptions) -> Result<(), RunError> {
             }
             tokio::select! {
                 changed = leader.changed() => if changed.is_err() {
-                    return Err(RunError::Leadership("the lease manager stopped".into()));
+                    return Err(RunError::Leadership("the lease manager stopped"));
                 },
                 () = &mut shutdown => {
                     drop(leader);
@@ -315,7 +363,7 @@ pub async fn run(client: Client, options: RunOptions) -> Result<(), RunError> {
         Some((leader, _)) => tokio::select! {
             () = &mut controller => Ok(()),
             () = &mut shutdown => Ok(()),
-            _ = lost(leader) => Err(RunError::Leadership("lost the lease; exiting so a standby takes over".into())),
+            _ = lost(leader) => Err(RunError::Leadership("lost the lease; exiting so a standby takes over")),
         },
         None => tokio::select! {
             () = &mut controller => Ok(()),

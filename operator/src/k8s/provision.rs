@@ -7,7 +7,7 @@ use kube::runtime::reflector::ObjectRef;
 
 use super::Context;
 use super::reconcile::publish;
-use super::storage::{Connected, StorageProblem};
+use super::storage::{Connected, StorageFailure, StorageProblem};
 use crate::crd::CqrsApp;
 use crate::plan;
 
@@ -44,9 +44,9 @@ pub(super) async fn connect_and_provision(
     }
     .map_err(|e| {
         let reason = if matches!(e, cqrs_storage::Error::AccountProvisioning { .. }) {
-            "AccountProvisioning"
+            StorageFailure::AccountProvisioning
         } else {
-            "ProvisionFailed"
+            StorageFailure::ProvisionFailed
         };
         StorageProblem {
             reason,

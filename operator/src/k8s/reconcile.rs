@@ -134,7 +134,7 @@ async fn apply(app: &CqrsApp, ctx: &Context) -> Result<Action, Error> {
                 .remove(&ObjectRef::from_obj(app));
             let checks = vec![Check::failed(
                 condition::STORAGE_READY,
-                problem.reason,
+                problem.reason.as_str(),
                 problem.message.clone(),
             )];
             report_failure(
@@ -143,7 +143,7 @@ async fn apply(app: &CqrsApp, ctx: &Context) -> Result<Action, Error> {
                 &owner,
                 checks,
                 None,
-                problem.reason,
+                problem.reason.as_str(),
                 &problem.message,
             )
             .await?;

@@ -76,7 +76,7 @@ impl DeploymentTarget {
 }
 
 fn target_err(action: &str, e: kube::Error) -> TargetError {
-    TargetError(format!("cannot {action}: {e}"))
+    TargetError::new(action, e)
 }
 
 #[async_trait]

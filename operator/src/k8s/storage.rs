@@ -35,18 +35,62 @@ impl std::fmt::Debug for Connected {
     }
 }
 
+/// What went wrong with an app's storage: the `StorageReady` reason.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StorageFailure {
+    /// The connection Secret does not exist.
+    SecretNotFound,
+    /// The connection Secret could not be read.
+    SecretUnreadable,
+    /// The Secret lacks the named key.
+    SecretKeyMissing,
+    /// The connection string cannot be used.
+    InvalidConnectionString,
+    /// `spec.storage` names no storage.
+    InvalidSpec,
+    /// No Entra ID credential for `storage.azure`.
+    CredentialUnavailable,
+    /// Azure Resource Manager refused or failed.
+    ArmError,
+    /// Azure is still creating the account.
+    AccountProvisioning,
+    /// Creating queues, containers or CORS failed.
+    ProvisionFailed,
+    /// Deleting the storage (`deletionPolicy: Delete`) failed.
+    DeleteStorageFailed,
+}
+
+impl StorageFailure {
+    /// The reason as conditions, Events and metrics show it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::SecretNotFound => "SecretNotFound",
+            Self::SecretUnreadable => "SecretUnreadable",
+            Self::SecretKeyMissing => "SecretKeyMissing",
+            Self::InvalidConnectionString => "InvalidConnectionString",
+            Self::InvalidSpec => "InvalidSpec",
+            Self::CredentialUnavailable => "CredentialUnavailable",
+            Self::ArmError => "ArmError",
+            Self::AccountProvisioning => "AccountProvisioning",
+            Self::ProvisionFailed => "ProvisionFailed",
+            Self::DeleteStorageFailed => "DeleteStorageFailed",
+        }
+    }
+}
+
 /// Why an app's storage cannot be used.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct StorageProblem {
-    /// Condition reason (`SecretNotFound`, `InvalidConnectionString`, `AccountProvisioning`, ...).
-    pub reason: &'static str,
+    /// What kind of failure (the condition reason).
+    pub reason: StorageFailure,
     /// What is wrong and what to do, with Azure's error where there is one.
     pub message: String,
 }
 
 impl StorageProblem {
-    fn new(reason: &'static str, message: impl Into<String>) -> Self {
+    /// A problem of kind `reason`.
+    pub fn new(reason: StorageFailure, message: impl Into<String>) -> Self {
         Self {
             reason,
             message: message.into(),
@@ -106,7 +150,7 @@ impl ClusterStorage {
             Ok(Some(secret)) => secret,
             Ok(None) => {
                 return Err(StorageProblem::new(
-                    "SecretNotFound",
+                    StorageFailure::SecretNotFound,
                     format!(
                         "Secret {namespace}/{} (spec.storage.connectionSecretRef) does not exist; create it with the \
                          storage connection string under key {:?}",
@@ -116,20 +160,20 @@ impl ClusterStorage {
             }
             Err(e) => {
                 return Err(StorageProblem::new(
-                    "SecretUnreadable",
+                    StorageFailure::SecretUnreadable,
                     format!("cannot read Secret {namespace}/{}: {e}", secret_ref.name),
                 ));
             }
         };
         let value = secret.data.as_ref().and_then(|d| d.get(&secret_ref.key)).ok_or_else(|| {
             StorageProblem::new(
-                "SecretKeyMissing",
+                StorageFailure::SecretKeyMissing,
                 format!("Secret {namespace}/{} has no key {:?} (spec.storage.connectionSecretRef.key)", secret_ref.name, secret_ref.key),
             )
         })?;
         let text = String::from_utf8(value.0.clone()).map_err(|_| {
             StorageProblem::new(
-                "InvalidConnectionString",
+                StorageFailure::InvalidConnectionString,
                 format!(
                     "key {:?} of Secret {namespace}/{} is not UTF-8 text",
                     secret_ref.key, secret_ref.name
@@ -158,7 +202,7 @@ impl ClusterStorage {
         }
         let invalid = |e: &dyn std::fmt::Display| {
             StorageProblem::new(
-                "InvalidConnectionString",
+                StorageFailure::InvalidConnectionString,
                 format!(
                     "key {:?} of Secret {namespace}/{}: {e}",
                     secret_ref.key, secret_ref.name
@@ -184,7 +228,7 @@ impl ClusterStorage {
             }),
         };
         let arm = ArmProvisioner::new(target, credential.clone(), self.arm_endpoint.clone())
-            .map_err(|e| StorageProblem::new("ArmError", e.to_string()))?;
+            .map_err(|e| StorageProblem::new(StorageFailure::ArmError, e.to_string()))?;
         let (blob, queue) = match arm.ensure_account().await {
             Ok(AccountState::Ready {
                 blob_endpoint,
@@ -192,14 +236,14 @@ impl ClusterStorage {
             }) => (blob_endpoint, queue_endpoint),
             Ok(AccountState::Provisioning(state)) => {
                 return Err(StorageProblem::new(
-                    "AccountProvisioning",
+                    StorageFailure::AccountProvisioning,
                     format!(
                         "storage account {} is being created by Azure (state {state}); checking again shortly",
                         azure.account_name
                     ),
                 ));
             }
-            Err(e) => return Err(StorageProblem::new("ArmError", e.to_string())),
+            Err(e) => return Err(StorageProblem::new(StorageFailure::ArmError, e.to_string())),
         };
         let data_plane = StorageAccount::with_token_credential(
             &azure.account_name,
@@ -207,7 +251,7 @@ impl ClusterStorage {
             Some((blob.clone(), queue.clone())),
             RetrySettings::BACKGROUND,
         )
-        .map_err(|e| StorageProblem::new("ArmError", e.to_string()))?;
+        .map_err(|e| StorageProblem::new(StorageFailure::ArmError, e.to_string()))?;
         Ok(Connected {
             provisioner: Arc::new(arm),
             probe: Arc::new(data_plane),
@@ -229,7 +273,7 @@ impl ClusterStorage {
         }
         let credential = cqrs_storage::credential::entra_credential(None).map_err(|e| {
             StorageProblem::new(
-                "CredentialUnavailable",
+                StorageFailure::CredentialUnavailable,
                 format!("the operator has no Entra ID credential for ARM: {e}"),
             )
         })?;
@@ -249,7 +293,7 @@ impl StorageConnector for ClusterStorage {
             (Some(secret), _) => self.connect_secret(namespace, secret).await,
             (None, Some(azure)) => self.connect_azure(azure).await,
             (None, None) => Err(StorageProblem::new(
-                "InvalidSpec",
+                StorageFailure::InvalidSpec,
                 "spec.storage names no storage",
             )),
         }

@@ -109,7 +109,7 @@ impl RoleProcesses {
             }
             let port = match self.fixed_port {
                 Some(port) => port,
-                None => free_port().map_err(|e| TargetError(format!("no free port: {e}")))?,
+                None => free_port().map_err(|e| TargetError::new("find a free port", e))?,
             };
             let info = Arc::new(Mutex::new(ReplicaInfo {
                 role: self.launch.role.clone(),
@@ -176,7 +176,7 @@ impl ScaleTarget for RoleProcesses {
         let tmp = path.with_extension("tmp");
         std::fs::write(&tmp, format_rate_share(share))
             .and_then(|()| std::fs::rename(&tmp, path))
-            .map_err(|e| TargetError(format!("cannot write {}: {e}", path.display())))
+            .map_err(|e| TargetError::new(format!("write {}", path.display()), e))
     }
 }
 

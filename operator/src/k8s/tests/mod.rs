@@ -395,7 +395,7 @@ async fn an_unchanged_invalid_spec_does_not_repeat_its_event() {
 async fn a_missing_secret_is_reported_and_retried_with_growing_backoff() {
     let s = scenario();
     *s.storage.connect_problem.lock().unwrap() = Some(StorageProblem {
-        reason: "SecretNotFound",
+        reason: super::storage::StorageFailure::SecretNotFound,
         message: "Secret shop/pieshop-storage (spec.storage.connectionSecretRef) does not exist"
             .into(),
     });
