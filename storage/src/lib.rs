@@ -12,6 +12,7 @@
 pub mod account;
 #[cfg(feature = "arm")]
 pub mod arm;
+#[cfg(feature = "test-support")]
 pub mod azurite;
 pub mod blobs;
 pub mod connection;

@@ -1,7 +1,7 @@
 //! Reconcile scenarios against the in-memory API ([`fake_api`]) with an in-memory storage
-//! connector, where they pin down exact calls or inject failures, and the probe loop's exact
-//! scale writes against a real Azurite queue. Everything else the operator does is tested on
-//! the real control plane (`operator/tests/cluster/`), each scenario once.
+//! connector, where they pin down exact calls or inject failures. Everything else the operator
+//! does is tested on the real control plane (`operator/tests/cluster/`), each scenario once,
+//! and the probe loop on a real Azurite queue in `operator/tests/probe_loop.rs`.
 
 mod fake_api;
 
@@ -529,105 +529,4 @@ async fn a_failing_child_apply_is_an_error_naming_the_object() {
             .contains("cannot apply Deployment pieshop-web"),
         "{err}"
     );
-}
-
-/// The scaler against a real queue: a backlog in Azurite scales the worker Deployment (in
-/// the fake API, through its scale subresource) up, and back to zero after the cooldown.
-#[tokio::test]
-async fn the_probe_loop_follows_a_real_queue_up_and_back_down() {
-    use super::scaling::DeploymentTarget;
-    use crate::autoscale::{WorkerScaling, probe_loop};
-    use crate::crd::{ScalingBehavior, ScalingSpec};
-
-    let azurite = cqrs_storage::azurite::TestAzurite::start().await;
-    let account = azurite.account();
-    let queue = cqrs_storage::azurite::unique_name("scale");
-    account.ensure_queue(&queue).await.unwrap();
-    let (client, api) = FakeApi::start();
-    let path = "/apis/apps/v1/namespaces/shop/deployments/pieshop-registrar";
-    api.put(path, json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "pieshop-registrar", "namespace": "shop"}, "spec": {"replicas": 0}}));
-
-    let client_queue = account.queue(&queue).unwrap();
-    for i in 0..60 {
-        let msg = azure_storage_queue::models::QueueMessage {
-            message_text: Some(format!("m{i}")),
-        };
-        client_queue
-            .send_message(msg.try_into().unwrap(), None)
-            .await
-            .unwrap();
-    }
-    let settings = WorkerScaling {
-        worker: "registrar".into(),
-        queue: queue.clone(),
-        scaling: ScalingSpec {
-            min_replicas: 0,
-            max_replicas: 5,
-            target_queue_length: 10,
-            polling_interval: 1,
-            cooldown_period: 2,
-            scale_down: ScalingBehavior {
-                stabilization_window_seconds: Some(0),
-                ..Default::default()
-            },
-            ..ScalingSpec::default()
-        },
-        max_messages_per_second: None,
-    };
-    let (tx, rx) = tokio::sync::watch::channel(settings);
-    let target = Arc::new(DeploymentTarget::new(
-        client,
-        "shop",
-        "pieshop-registrar".into(),
-        None,
-    ));
-    let observer = Arc::new(crate::metrics::Metrics::new());
-    struct Quiet(Arc<Metrics>);
-    impl crate::autoscale::ScaleObserver for Quiet {
-        fn on_tick(&self, tick: &crate::autoscale::Tick) {
-            self.0.record_tick("shop", "pieshop", tick);
-        }
-    }
-    let task = tokio::spawn(probe_loop(
-        rx,
-        Arc::new(account.clone()),
-        target,
-        Arc::new(Quiet(observer)),
-    ));
-
-    let replicas = || {
-        api.get(path)
-            .and_then(|d| d.pointer("/spec/replicas").and_then(Value::as_i64))
-            .unwrap_or(-1)
-    };
-    wait_for("scale up to maxReplicas", || replicas() == 5).await;
-    client_queue.clear(None).await.unwrap();
-    wait_for("scale back to zero after the cooldown", || replicas() == 0).await;
-    drop(tx);
-    task.await.unwrap();
-
-    let writes: Vec<i64> = api
-        .calls()
-        .iter()
-        .filter(|c| c.method == "PATCH" && c.path.ends_with("/scale"))
-        .filter_map(|c| {
-            c.body
-                .as_ref()
-                .and_then(|b| b.pointer("/spec/replicas"))
-                .and_then(Value::as_i64)
-        })
-        .collect();
-    // Up by the default step (4), then to the cap; down to 1 while cooling, then to 0.
-    assert_eq!(writes, [4, 5, 1, 0]);
-}
-
-async fn wait_for(what: &str, condition: impl Fn() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while !condition() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting to {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
