@@ -30,7 +30,7 @@ tasks:
           --cluster kind the chart with its demo on kind (needs Docker, kind, kubectl, Helm,
           curl); --keep leaves the cluster
   bench   benchmarks on release builds, each against a baseline measured in the same run;
-          writes bench/results.md and the README table (--quick: short runs;
+          writes bench/results.md and the table in docs/benchmarks.md (--quick: short runs;
           --only <name>: one benchmark; both write target/bench-partial.md instead)
   cluster up | down | env | status
           a local Kubernetes 1.33 control plane (etcd, apiserver, controller-manager,
