@@ -65,6 +65,22 @@ def validate_objects(objects, cr_schema, out_dir, scenario):
     return failures
 
 
+def check_service_monitors(objects, scenario):
+    """Every ServiceMonitor selects exactly one Service: the operator's metrics Service."""
+    failures = 0
+    services = [o for o in objects if o.get("kind") == "Service"]
+    for monitor in (o for o in objects if o.get("kind") == "ServiceMonitor"):
+        wanted = monitor["spec"]["selector"]["matchLabels"]
+        selected = [
+            s["metadata"]["name"]
+            for s in services
+            if all(s["metadata"].get("labels", {}).get(k) == v for k, v in wanted.items())
+        ]
+        if len(selected) != 1 or not selected[0].endswith("-metrics"):
+            failures += fail(f"{scenario}: ServiceMonitor selects {selected}, not only the operator's metrics Service")
+    return failures
+
+
 def values_table(chart_dir):
     """The README's values table: every key of values.schema.json with its default."""
     schema = yaml.safe_load(open(os.path.join(chart_dir, "values.schema.json")))
@@ -136,6 +152,9 @@ def main():
                 continue
             objects.extend(documents(text))
         kinds = sorted({o["kind"] for o in objects})
+        failures += check_service_monitors(objects, scenario)
+        if values.get("replicaCount", 1) > 1 and "PodDisruptionBudget" not in kinds:
+            failures += fail(f"{scenario}: replicaCount > 1 renders no PodDisruptionBudget")
         problems = validate_objects(objects, cr_schema, args.out, scenario)
         failures += problems
         if not problems:
@@ -148,6 +167,9 @@ def main():
         ({"demo": {"app": {"minReplicas": -1}}}, "minReplicas"),
         ({"logFormat": "xml"}, "logFormat"),
         ({"azureWorkloadIdentity": {"clientId": "not-a-guid"}}, "clientId"),
+        ({"watchNamespace": "Not_A_Namespace"}, "watchNamespace"),
+        # Two operators without a leader would fight: the chart refuses to render.
+        ({"replicaCount": 2, "leaderElection": {"enabled": False}}, "leaderElection"),
     ]
     for values, key in bad_values:
         try:
@@ -156,7 +178,7 @@ def main():
         except helm.HelmError as e:
             if key not in str(e):
                 failures += fail(f"values {values} were rejected, but the error does not name {key!r}: {e}")
-    print(f"ok: {len(bad_values)} kinds of bad values are rejected by values.schema.json, naming the key")
+    print(f"ok: {len(bad_values)} kinds of bad values are rejected by values.schema.json or the templates, naming the key")
     return 1 if failures else 0
 
 

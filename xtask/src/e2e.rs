@@ -15,7 +15,10 @@ use crate::shell::{on_path, output, root, step};
 
 const CLUSTER: &str = "cqrs-e2e";
 const NAMESPACE: &str = "cqrs-e2e";
-const RELEASE: &str = "cqrs";
+/// The release; the chart's full name and its demo's prefix are the same.
+const RELEASE: &str = "cqrs-operator";
+/// The demo CqrsApp (`<release>-pieshop`); its Deployments are `<app>-web`, `<app>-<worker>`.
+const APP: &str = "cqrs-operator-pieshop";
 const AZURITE_IMAGE: &str = "mcr.microsoft.com/azure-storage/azurite:3.35.0";
 
 /// Tools e2e needs: (program, what it is, how to install it).
@@ -186,15 +189,15 @@ fn scenario(blob_port: u16) -> Result<()> {
         "waiting for the CqrsApp to be Ready",
         kubectl().args([
             "wait",
-            "cqrsapp/pieshop",
+            &format!("cqrsapp/{APP}"),
             "--for=condition=Ready",
             "--timeout=300s",
         ]),
     )?;
 
     let web_port = free_port()?;
-    let _web = PortForward::start("pieshop-web", web_port, 80)?;
-    let _blob = PortForward::start("azurite", blob_port, 10000)?;
+    let _web = PortForward::start(&format!("{APP}-web"), web_port, 80)?;
+    let _blob = PortForward::start(&format!("{RELEASE}-azurite"), blob_port, 10000)?;
 
     println!("\n==> a registration, read back through its SAS URL");
     let url = register(web_port, "e2e@example.com")?;
@@ -213,30 +216,34 @@ fn scenario(blob_port: u16) -> Result<()> {
         register(web_port, &format!("load-{i}@example.com"))?;
     }
     let most = wait_for(
-        "pieshop-registrar to scale above 1 replica",
+        "the registrar to scale above 1 replica",
         Duration::from_secs(180),
-        || deployment_replicas("pieshop-registrar").filter(|n| *n > 1),
+        || deployment_replicas(&format!("{APP}-registrar")).filter(|n| *n > 1),
     )?;
     println!("    scaled to {most} replicas");
     wait_for(
-        "pieshop-registrar to scale back to 0 after the cooldown",
+        "the registrar to scale back to 0 after the cooldown",
         Duration::from_secs(300),
-        || deployment_replicas("pieshop-registrar").filter(|n| *n == 0),
+        || deployment_replicas(&format!("{APP}-registrar")).filter(|n| *n == 0),
     )?;
     step(
-        "kubectl get cqrsapp pieshop",
-        kubectl().args(["get", "cqrsapp", "pieshop", "-o", "wide"]),
+        &format!("kubectl get cqrsapp {APP}"),
+        kubectl().args(["get", "cqrsapp", APP, "-o", "wide"]),
     )?;
 
     println!("\n==> deleting the app (deletionPolicy Retain): its storage survives");
     step(
-        "kubectl delete cqrsapp pieshop",
-        kubectl().args(["delete", "cqrsapp", "pieshop", "--wait", "--timeout=120s"]),
+        &format!("kubectl delete cqrsapp {APP}"),
+        kubectl().args(["delete", "cqrsapp", APP, "--wait", "--timeout=120s"]),
     )?;
     wait_for(
         "the web Deployment to be garbage-collected",
         Duration::from_secs(120),
-        || deployment_replicas("pieshop-web").is_none().then_some(()),
+        || {
+            deployment_replicas(&format!("{APP}-web"))
+                .is_none()
+                .then_some(())
+        },
     )?;
     let body = curl(&[&url]).context("the result blob is gone")?;
     if json_field(&body, "registrationToken").as_deref() != Some(token.as_str()) {
@@ -250,13 +257,9 @@ fn dump_diagnostics() {
     println!("\n==> diagnostics");
     let commands: [&[&str]; 4] = [
         &["get", "pods", "-o", "wide"],
-        &["describe", "cqrsapp", "pieshop"],
+        &["describe", "cqrsapp", APP],
         &["get", "events", "--sort-by=.lastTimestamp"],
-        &[
-            "logs",
-            &format!("deployment/{RELEASE}-cqrs-operator"),
-            "--tail=200",
-        ],
+        &["logs", &format!("deployment/{RELEASE}"), "--tail=200"],
     ];
     for args in commands {
         println!("\n$ kubectl {}", args.join(" "));

@@ -55,3 +55,8 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "cqrs-operator.demoImage" -}}
 {{- printf "%s:%s" .Values.demo.app.repository (default .Chart.AppVersion .Values.demo.app.tag) }}
 {{- end }}
+
+{{/* Prefix of the demo's objects: named after the release, so two releases do not collide. */}}
+{{- define "cqrs-operator.demoPrefix" -}}
+{{- include "cqrs-operator.fullname" . | trunc 40 | trimSuffix "-" }}
+{{- end }}

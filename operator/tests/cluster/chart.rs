@@ -171,3 +171,41 @@ fn the_chart_installs_with_the_workload_identity_values() {
     assert_eq!(label, "true");
     uninstall(&ns, &release, &manifest);
 }
+
+#[test]
+fn two_demo_releases_share_a_namespace_without_colliding() {
+    let ns = TestNamespace::create("chart-demo");
+    let suffix = ns.name.rsplit('-').next().unwrap().to_owned();
+    let releases = [format!("demo-a-{suffix}"), format!("demo-b-{suffix}")];
+    let manifests: Vec<String> = releases
+        .iter()
+        .map(|release| install(&ns, release, &["--set", "demo.enabled=true"]))
+        .collect();
+    let apps = ok(ns.kubectl().args(["get", "cqrsapps", "-o", "name"]));
+    assert_eq!(
+        apps.lines().count(),
+        2,
+        "one demo CqrsApp per release:\n{apps}"
+    );
+    for (release, manifest) in releases.iter().zip(&manifests) {
+        assert!(
+            apps.contains(&format!("{release}-cqrs-operator-pieshop")),
+            "{apps}"
+        );
+        let created = existing(&ns, manifest);
+        assert_eq!(
+            created.len(),
+            objects_in(manifest),
+            "{release}: {created:?}"
+        );
+        assert!(
+            created
+                .iter()
+                .any(|o| o == &format!("deployment.apps/{release}-cqrs-operator-azurite")),
+            "{created:?}"
+        );
+    }
+    for (release, manifest) in releases.iter().zip(&manifests) {
+        uninstall(&ns, release, manifest);
+    }
+}
