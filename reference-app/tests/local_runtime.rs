@@ -9,7 +9,6 @@ mod support;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use cqrs_operator::local::run;
 use cqrs_storage::azurite::TestAzurite;
 use futures::StreamExt as _;
 use serde_json::{Value, json};
@@ -44,10 +43,7 @@ async fn workers_scale_up_drain_a_backlog_lose_nothing_when_killed_and_return_to
     let scaling = "{minReplicas: 0, maxReplicas: 3, targetQueueLength: 40, pollingInterval: 1, cooldownPeriod: 3, scaleDown: {stabilizationWindowSeconds: 0}}";
     let setup = support::LocalSetup::new(dir.path(), "localtest", scaling);
     let status_addr = setup.status_addr.clone();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let runtime = tokio::spawn(run(setup.options(&azurite), async move {
-        let _ = stopped.await;
-    }));
+    let runtime = setup.start(&azurite);
     wait_until("the local runtime to be ready", || async {
         reqwest::get(format!("http://{status_addr}/status"))
             .await
@@ -153,10 +149,5 @@ async fn workers_scale_up_drain_a_backlog_lose_nothing_when_killed_and_return_to
         .unwrap();
     assert!(metrics.contains("cqrs_scaling_decisions_total{namespace=\"local\",app=\"localtest\",worker=\"registrar\",direction=\"up\"}"), "{metrics}");
 
-    stop.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(60), runtime)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    runtime.stop().await;
 }

@@ -10,7 +10,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use base64::Engine as _;
-use cqrs_operator::local::run;
 use cqrs_storage::azurite::{AzuriteOptions, TestAzurite};
 use futures::StreamExt as _;
 use serde_json::{Value, json};
@@ -322,10 +321,7 @@ async fn killing_workers_repeatedly_loses_nothing() {
     let scaling = "{minReplicas: 2, maxReplicas: 3, targetQueueLength: 50, pollingInterval: 1, cooldownPeriod: 5}";
     let setup = support::LocalSetup::new(dir.path(), "chaos", scaling);
     let status_addr = setup.status_addr.clone();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let runtime = tokio::spawn(run(setup.options(&azurite), async move {
-        let _ = stopped.await;
-    }));
+    let runtime = setup.start(&azurite);
     let web = setup.web();
     wait_until("the web role", || async {
         reqwest::get(format!("{web}/healthz")).await.is_ok()
@@ -477,12 +473,7 @@ async fn killing_workers_repeatedly_loses_nothing() {
     done.send(true).unwrap();
     let kills = monkey.await.unwrap();
     assert!(kills >= 5, "the chaos monkey killed only {kills} processes");
-    stop.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(60), runtime)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    runtime.stop().await;
 }
 
 #[tokio::test]

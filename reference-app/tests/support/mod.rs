@@ -418,6 +418,24 @@ spec:
 
 /// A local-runtime setup on fresh names: the manifest written to `dir/app.yaml` and free
 /// ports for the web role and the status endpoint.
+/// A local runtime running in this test process.
+pub struct InProcess {
+    stop: tokio::sync::oneshot::Sender<()>,
+    runtime: tokio::task::JoinHandle<Result<(), cqrs_operator::local::LocalError>>,
+}
+
+impl InProcess {
+    /// Shuts it down as Ctrl-C would and waits (at most 60 s) for a clean exit.
+    pub async fn stop(self) {
+        self.stop.send(()).unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(60), self.runtime)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
+}
+
 pub struct LocalSetup {
     pub names: Names,
     pub manifest: std::path::PathBuf,
@@ -440,6 +458,18 @@ impl LocalSetup {
 
     pub fn web(&self) -> String {
         format!("http://127.0.0.1:{}", self.web_port)
+    }
+
+    /// Runs it in process (`cqrs-operator local`'s code) until [`InProcess::stop`].
+    pub fn start(&self, azurite: &TestAzurite) -> InProcess {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let runtime = tokio::spawn(cqrs_operator::local::run(
+            self.options(azurite),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        InProcess { stop, runtime }
     }
 
     /// Options for running it in process, with the reference app's binary as every role.
