@@ -1,5 +1,6 @@
 //! The Kubernetes controller: `cqrs-operator run`.
 
+mod apply;
 pub mod children;
 mod cleanup;
 mod provision;

@@ -1,27 +1,22 @@
 //! `reconcile` and `error_policy`: the controller's two entry points.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event as KubeEvent, EventType};
 use kube::runtime::finalizer::{Event, finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 
 use super::Context;
-use super::children::{self, APP_LABEL, Owner};
-use super::scaling::{ClusterObserver, DeploymentTarget, ScalerKey};
+use super::children::{self, Owner};
+use super::scaling::ScalerKey;
 use super::storage::Connected;
 use crate::Error;
-use crate::autoscale::WorkerScaling;
 use crate::crd::{CqrsApp, CqrsAppStatus, condition};
 use crate::metrics::Timer;
 use crate::status::{self, Check, conditions, find, ready};
@@ -151,8 +146,8 @@ async fn apply(app: &CqrsApp, ctx: &Context) -> Result<Action, Error> {
         }
     };
 
-    let web = apply_children(app, ctx, &owner, &connected).await?;
-    run_scalers(app, ctx, &owner, &connected);
+    let web = super::apply::apply_children(app, ctx, &owner, &connected).await?;
+    super::apply::run_scalers(app, ctx, &owner, &connected);
     let status = compute_status(app, ctx, &owner, &connected, web).await;
     if find(app.status.as_ref(), condition::READY).is_some_and(|c| c.status != "True")
         && status_ready(&status)
@@ -195,144 +190,6 @@ fn status_ready(status: &CqrsAppStatus) -> bool {
         .conditions
         .iter()
         .any(|c| c.type_ == condition::READY && c.status == "True")
-}
-
-/// Applies every child and deletes the ones the spec no longer asks for. Returns the web
-/// Deployment as the API server answered (with its status), if there is a web role.
-async fn apply_children(
-    app: &CqrsApp,
-    ctx: &Context,
-    owner: &Owner,
-    connected: &Connected,
-) -> Result<Option<Deployment>, Error> {
-    let ns = &owner.namespace;
-    let client = &ctx.client;
-    apply_object(client, ns, &children::service_account(owner, &app.spec)).await?;
-    let mut keep_deployments = BTreeSet::new();
-    let mut keep_configmaps = BTreeSet::new();
-    for worker in &app.spec.workers {
-        super::workers::apply_worker(client, owner, &app.spec, worker, &connected.access).await?;
-        keep_deployments.insert(children::worker_name(&owner.name, &worker.name));
-        if worker.max_messages_per_second.is_some() {
-            keep_configmaps.insert(children::rate_configmap_name(&owner.name, &worker.name));
-        }
-    }
-    let mut web = None;
-    let mut keep_services = BTreeSet::new();
-    if let (Some(deployment), Some(service)) = (
-        children::web_deployment(owner, &app.spec, &connected.access),
-        children::web_service(owner, &app.spec),
-    ) {
-        keep_deployments.insert(children::web_name(&owner.name));
-        keep_services.insert(children::web_name(&owner.name));
-        web = Some(apply_object(client, ns, &deployment).await?);
-        apply_object(client, ns, &service).await?;
-    }
-    prune::<Deployment>(ctx, owner, &keep_deployments).await?;
-    prune::<Service>(ctx, owner, &keep_services).await?;
-    prune::<ConfigMap>(ctx, owner, &keep_configmaps).await?;
-    Ok(web)
-}
-
-/// Applies `object` server-side as the reconciler (forced: it is the only writer of what it
-/// applies).
-pub(super) async fn apply_object<K>(
-    client: &kube::Client,
-    namespace: &str,
-    object: &K,
-) -> Result<K, Error>
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + Serialize
-        + DeserializeOwned
-        + std::fmt::Debug,
-{
-    let api: Api<K> = Api::namespaced(client.clone(), namespace);
-    let name = object.meta().name.clone().unwrap_or_default();
-    api.patch(
-        &name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(object),
-    )
-    .await
-    .map_err(|source| Error::ApplyChild {
-        kind: K::kind(&()).to_string(),
-        name,
-        source,
-    })
-}
-
-/// Deletes children of `owner` of kind `K` whose names are not in `keep`.
-async fn prune<K>(ctx: &Context, owner: &Owner, keep: &BTreeSet<String>) -> Result<(), Error>
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug,
-{
-    let api: Api<K> = Api::namespaced(ctx.client.clone(), &owner.namespace);
-    let list = api
-        .list_metadata(&ListParams::default().labels(&format!("{APP_LABEL}={}", owner.name)))
-        .await
-        .map_err(|source| Error::PruneChildren {
-            kind: K::kind(&()).to_string(),
-            source,
-        })?;
-    for item in list.items {
-        let name = item.metadata.name.clone().unwrap_or_default();
-        let ours = item
-            .metadata
-            .owner_references
-            .iter()
-            .flatten()
-            .any(|r| r.uid == owner.reference.uid);
-        if ours && !keep.contains(&name) {
-            tracing::info!(kind = %K::kind(&()), %name, namespace = %owner.namespace, "deleting a child the spec no longer asks for");
-            match api.delete(&name, &DeleteParams::background()).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(status)) if status.code == 404 => {}
-                Err(source) => {
-                    return Err(Error::PruneChildren {
-                        kind: K::kind(&()).to_string(),
-                        source,
-                    });
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Starts or updates the probe loop of every worker role; stops loops of removed roles.
-fn run_scalers(app: &CqrsApp, ctx: &Context, owner: &Owner, connected: &Connected) {
-    for worker in &app.spec.workers {
-        let key = ScalerKey::new(&owner.namespace, &owner.name, &worker.name);
-        let settings = WorkerScaling::from(worker);
-        let client = ctx.client.clone();
-        let ns = owner.namespace.clone();
-        let deployment = children::worker_name(&owner.name, &worker.name);
-        let rate_cm = worker
-            .max_messages_per_second
-            .map(|_| children::rate_configmap_name(&owner.name, &worker.name));
-        let observer = Arc::new(ClusterObserver::new(
-            app,
-            ctx.recorder.clone(),
-            ctx.metrics.clone(),
-        ));
-        ctx.scalers.ensure(
-            key,
-            settings,
-            &connected.probe_id,
-            connected.probe.clone(),
-            move || Arc::new(DeploymentTarget::new(client, &ns, deployment, rate_cm)),
-            observer,
-        );
-    }
-    let workers: BTreeSet<&str> = app.spec.workers.iter().map(|w| w.name.as_str()).collect();
-    ctx.scalers.retain(|key| {
-        !key.of_app(&owner.namespace, &owner.name) || workers.contains(key.worker.as_str())
-    });
 }
 
 async fn compute_status(
