@@ -230,39 +230,22 @@ fn find_in(
 
 fn spawn(bin: &Path, options: &AzuriteOptions) -> Result<Child, AzuriteError> {
     let table_port = pick_port(0)?;
+    if let Some(dir) = &options.location {
+        std::fs::create_dir_all(dir).map_err(|e| start_err(bin, e))?;
+    }
     let mut cmd = Command::new(bin);
-    cmd.args([
-        "--silent",
-        "--skipApiVersionCheck",
-        "--loose",
-        "--disableTelemetry",
-    ])
-    .args([
-        "--blobHost",
-        "127.0.0.1",
-        "--queueHost",
-        "127.0.0.1",
-        "--tableHost",
-        "127.0.0.1",
-    ])
-    .args(["--blobPort", &options.blob_port.to_string()])
-    .args(["--queuePort", &options.queue_port.to_string()])
-    .args(["--tablePort", &table_port.to_string()])
+    cmd.args(crate::azurite_args::azurite_args(
+        options.blob_port,
+        options.queue_port,
+        table_port,
+        options.location.as_deref(),
+    ))
     .stdin(Stdio::null())
     .stdout(Stdio::null())
     .stderr(Stdio::piped())
     .kill_on_drop(true);
     if let Some((name, key)) = &options.account {
         cmd.env("AZURITE_ACCOUNTS", format!("{name}:{key}"));
-    }
-    match &options.location {
-        Some(dir) => {
-            std::fs::create_dir_all(dir).map_err(|e| start_err(bin, e))?;
-            cmd.arg("--location").arg(dir);
-        }
-        None => {
-            cmd.arg("--inMemoryPersistence");
-        }
     }
     cmd.spawn().map_err(|e| start_err(bin, e))
 }

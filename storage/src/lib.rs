@@ -14,6 +14,8 @@ pub mod account;
 pub mod arm;
 #[cfg(feature = "test-support")]
 pub mod azurite;
+#[cfg(feature = "test-support")]
+mod azurite_args;
 pub mod blobs;
 pub mod connection;
 pub mod contract;

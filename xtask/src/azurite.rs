@@ -1,5 +1,10 @@
 //! Starting Azurite for `cargo xtask test`, `bench` and `up`: one command line, one wait.
 
+// NB: the command line is the storage crate's own (`cqrs_storage::azurite` starts the tests'
+// private instances with it), included by path so this crate stays free of its dependencies.
+#[path = "../../storage/src/azurite_args.rs"]
+mod azurite_args;
+
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::process::CommandExt as _;
 use std::path::Path;
@@ -29,37 +34,13 @@ pub fn spawn(
     own_group: bool,
 ) -> Result<Child> {
     let table = free_port()?;
-    // NB: the same command line as `cqrs_storage::azurite` (the tests' own instances); this
-    // crate stays free of the storage crate's dependencies so it builds in seconds.
     let mut cmd = Command::new(bin);
-    cmd.args([
-        "--silent",
-        "--skipApiVersionCheck",
-        "--loose",
-        "--disableTelemetry",
-    ])
-    .args(["--blobHost", "127.0.0.1", "--blobPort", &blob.to_string()])
-    .args([
-        "--queueHost",
-        "127.0.0.1",
-        "--queuePort",
-        &queue.to_string(),
-    ])
-    .args([
-        "--tableHost",
-        "127.0.0.1",
-        "--tablePort",
-        &table.to_string(),
-    ])
-    .stdin(Stdio::null())
-    .stdout(Stdio::null());
+    cmd.args(azurite_args::azurite_args(blob, queue, table, data))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
     if own_group {
         cmd.process_group(0);
     }
-    match data {
-        Some(dir) => cmd.arg("--location").arg(dir),
-        None => cmd.arg("--inMemoryPersistence"),
-    };
     cmd.spawn()
         .with_context(|| format!("cannot start {}", bin.display()))
 }
