@@ -12,23 +12,14 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 
 use crate::cluster::Cluster;
-use crate::shell::{cargo, step};
+use crate::shell::cargo;
 use crate::test::SharedAzurite;
 
 /// Runs the lifecycle scenarios; `keep` leaves the cluster running afterwards.
 pub fn run(keep: bool) -> Result<()> {
     let started = Instant::now();
     let azurite_bin = crate::tools::azurite()?;
-    step(
-        "building the operator and the reference app",
-        cargo().args([
-            "build",
-            "--package",
-            "cqrs-operator",
-            "--package",
-            "reference-app",
-        ]),
-    )?;
+    crate::up::build_roles()?;
     let azurite = SharedAzurite::start(&azurite_bin)?;
     let cluster = Cluster::fresh("cqrs-e2e")?;
     println!(

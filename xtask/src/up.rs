@@ -117,16 +117,7 @@ pub fn run() -> Result<()> {
             .context("cannot handle Ctrl-C")?;
     }
     let azurite = azurite()?;
-    step(
-        "building cqrs-operator and reference-app (the first build takes a few minutes)",
-        cargo().args([
-            "build",
-            "--package",
-            "cqrs-operator",
-            "--package",
-            "reference-app",
-        ]),
-    )?;
+    build_roles()?;
     let target =
         std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), Into::into);
     let bin = |name: &str| target.join("debug").join(name);
@@ -163,4 +154,18 @@ pub fn run() -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// Builds the operator and the reference app (debug), as `up` and `e2e --cluster kwok` run them.
+pub fn build_roles() -> Result<()> {
+    step(
+        "building cqrs-operator and reference-app (the first build takes a few minutes)",
+        cargo().args([
+            "build",
+            "--package",
+            "cqrs-operator",
+            "--package",
+            "reference-app",
+        ]),
+    )
 }

@@ -114,16 +114,7 @@ async fn a_missing_secret_or_key_is_reported_once_and_fixed_without_touching_the
     );
     // Fix the Secret; the CqrsApp is never touched.
     let generation = apps.get("shop").await.expect("the app").metadata.generation;
-    let fixed = serde_json::json!({"stringData": {"connectionString": cs}});
-    let out = run(ns.kubectl().args([
-        "patch",
-        "secret",
-        SECRET,
-        "--type=merge",
-        "-p",
-        &fixed.to_string(),
-    ]));
-    assert!(out.status.success(), "{out:?}");
+    h.set_connection_string(&cs);
     ok(ns.kubectl().args([
         "wait",
         "--for=condition=Ready",
@@ -205,15 +196,7 @@ async fn deleting_retains_or_deletes_the_storage_and_an_outage_keeps_the_finaliz
     let dead =
         cqrs_storage::connection::ConnectionString::development_at("127.0.0.1", closed, closed)
             .to_connection_string();
-    let outage = serde_json::json!({"stringData": {"connectionString": dead}});
-    ok(ns.kubectl().args([
-        "patch",
-        "secret",
-        SECRET,
-        "--type=merge",
-        "-p",
-        &outage.to_string(),
-    ]));
+    h.set_connection_string(&dead);
     apps.delete("gone", &DeleteParams::default())
         .await
         .expect("deletion requested");
@@ -235,15 +218,7 @@ async fn deleting_retains_or_deletes_the_storage_and_an_outage_keeps_the_finaliz
             .await
             .expect("not deleted during the outage");
     }
-    let back = serde_json::json!({"stringData": {"connectionString": cs}});
-    ok(ns.kubectl().args([
-        "patch",
-        "secret",
-        SECRET,
-        "--type=merge",
-        "-p",
-        &back.to_string(),
-    ]));
+    h.set_connection_string(&cs);
     eventually("the app to be gone", Duration::from_secs(180), || async {
         apps.get_opt("gone").await.is_ok_and(|a| a.is_none())
     })

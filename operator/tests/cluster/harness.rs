@@ -81,6 +81,19 @@ impl Harness {
         storage_secret(&self.ns, SECRET, &self.connection_string());
     }
 
+    /// Points the storage Secret (created by any means) at `connection_string`.
+    pub fn set_connection_string(&self, connection_string: &str) {
+        let patch = serde_json::json!({"stringData": {"connectionString": connection_string}});
+        ok(self.ns.kubectl().args([
+            "patch",
+            "secret",
+            SECRET,
+            "--type=merge",
+            "-p",
+            &patch.to_string(),
+        ]));
+    }
+
     /// Creates `app`.
     pub async fn create(&self, app: &CqrsApp) {
         self.apps
