@@ -68,8 +68,8 @@ pub enum Role<'a> {
     Worker(&'a WorkerSpec),
 }
 
-/// The storage an app needs; `owner` marks its CORS rules (`<namespace>-<name>`).
-pub fn storage_plan(owner: &str, spec: &CqrsAppSpec) -> StoragePlan {
+/// The storage app `name` needs; `owner` marks its CORS rules (`<namespace>-<name>`).
+pub fn storage_plan(owner: &str, name: &str, spec: &CqrsAppSpec) -> StoragePlan {
     let mut origins: Vec<String> = Vec::new();
     let mut max_age = 0;
     for cors in spec.containers.iter().filter_map(|c| c.cors.as_ref()) {
@@ -83,7 +83,7 @@ pub fn storage_plan(owner: &str, spec: &CqrsAppSpec) -> StoragePlan {
     StoragePlan {
         owner: owner.into(),
         queues: spec.queues.iter().map(|q| q.name.clone()).collect(),
-        containers: spec.containers.iter().map(|c| c.name.clone()).collect(),
+        containers: containers(name, spec),
         // NB: one read-only rule for all origins: Azure allows 5 rules per account, shared
         // with other apps.
         cors: if origins.is_empty() {
@@ -94,8 +94,17 @@ pub fn storage_plan(owner: &str, spec: &CqrsAppSpec) -> StoragePlan {
     }
 }
 
-/// The app's queues and containers as the roles see them ([`contract::TOPOLOGY`]).
-pub fn topology(spec: &CqrsAppSpec) -> Topology {
+/// The app's containers: `containers[]`, then the claim-check container.
+fn containers(name: &str, spec: &CqrsAppSpec) -> Vec<String> {
+    spec.containers
+        .iter()
+        .map(|c| c.name.clone())
+        .chain(spec.claim_container(name))
+        .collect()
+}
+
+/// The queues and containers of app `name` as the roles see them ([`contract::TOPOLOGY`]).
+pub fn topology(name: &str, spec: &CqrsAppSpec) -> Topology {
     Topology {
         queues: spec
             .queues
@@ -108,7 +117,9 @@ pub fn topology(spec: &CqrsAppSpec) -> Topology {
                 message_ttl_seconds: q.message_ttl_seconds,
             })
             .collect(),
-        containers: spec.containers.iter().map(|c| c.name.clone()).collect(),
+        containers: containers(name, spec),
+        claim_container: spec.claim_container(name),
+        claim_threshold_bytes: spec.claim_container(name).map(|_| spec.claim_threshold()),
     }
 }
 
@@ -171,7 +182,7 @@ pub fn role_env(
             public.clone(),
         ));
     }
-    let topology = topology(spec);
+    let topology = topology(app, spec);
     env.push(EnvEntry::value(
         contract::QUEUES,
         spec.queues
@@ -182,11 +193,7 @@ pub fn role_env(
     ));
     env.push(EnvEntry::value(
         contract::CONTAINERS,
-        spec.containers
-            .iter()
-            .map(|c| c.name.as_str())
-            .collect::<Vec<_>>()
-            .join(","),
+        topology.containers.join(","),
     ));
     env.push(EnvEntry::value(
         contract::TOPOLOGY,
@@ -241,7 +248,7 @@ mod tests {
             allowed_origins: vec!["https://b".into(), "http://127.0.0.1:8080".into()],
             max_age_seconds: 7200,
         });
-        let plan = storage_plan("shop-pieshop", &spec);
+        let plan = storage_plan("shop-pieshop", "pieshop", &spec);
         assert_eq!(
             plan.all_queues(),
             [
@@ -251,7 +258,7 @@ mod tests {
                 "inventory-poison"
             ]
         );
-        assert_eq!(plan.containers, ["results", "readmodels"]);
+        assert_eq!(plan.containers, ["results", "readmodels", "pieshop-claims"]);
         assert_eq!(plan.cors.len(), 1);
         assert_eq!(
             plan.cors[0].allowed_origins,

@@ -84,14 +84,40 @@ pub struct QueueTopology {
 pub struct Topology {
     /// Command queues.
     pub queues: Vec<QueueTopology>,
-    /// Containers.
+    /// Containers (the claim-check container among them).
     pub containers: Vec<String>,
+    /// The claim-check container: commands over the threshold travel as blobs in it
+    /// ([`crate::claims`]). Absent in apps without queues.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim_container: Option<String>,
+    /// Command bodies over this many bytes go through the claim-check container (default
+    /// [`crate::claims::DEFAULT_THRESHOLD_BYTES`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim_threshold_bytes: Option<u32>,
 }
 
 impl Topology {
     /// The settings of queue `name`.
     pub fn queue(&self, name: &str) -> Option<&QueueTopology> {
         self.queues.iter().find(|q| q.name == name)
+    }
+
+    /// The claim-check threshold in bytes.
+    pub fn claim_threshold(&self) -> u32 {
+        self.claim_threshold_bytes
+            .unwrap_or(crate::claims::DEFAULT_THRESHOLD_BYTES)
+    }
+
+    /// A sender of commands of any size on `account`, when the app has a claim-check
+    /// container; without one, every command is sent inline.
+    pub fn command_sender(&self, account: &StorageAccount) -> Option<crate::claims::CommandSender> {
+        self.claim_container.as_ref().map(|container| {
+            crate::claims::CommandSender::new(
+                account.clone(),
+                container.clone(),
+                self.claim_threshold(),
+            )
+        })
     }
 }
 
@@ -255,7 +281,9 @@ mod tests {
                 visibility_timeout_seconds: 30,
                 message_ttl_seconds: -1,
             }],
-            containers: vec!["results".into()],
+            containers: vec!["results".into(), "shop-claims".into()],
+            claim_container: Some("shop-claims".into()),
+            claim_threshold_bytes: None,
         };
         let json = serde_json::to_string(&topo).unwrap();
         assert!(json.contains("\"poisonQueue\":\"registrations-poison\""));

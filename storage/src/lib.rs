@@ -5,6 +5,7 @@
 //! - [`account`]: [`StorageAccount`], the official SDK clients wired for shared-key or Entra ID.
 //! - [`queues`], [`blobs`]: idempotent operations (ensure/delete queues and containers, CORS,
 //!   queue depth).
+//! - [`claims`]: the claim check, commands of any size through a blob ([`claims::CommandSender`]).
 //! - [`provision`]: the [`Provisioner`] interface the operator drives, implemented on the data
 //!   plane by [`StorageAccount`] and on the management plane by `arm::ArmProvisioner`.
 //! - [`contract`]: the environment variables the operator hands to the roles.
@@ -17,6 +18,7 @@ pub mod azurite;
 #[cfg(feature = "test-support")]
 mod azurite_args;
 pub mod blobs;
+pub mod claims;
 pub mod connection;
 pub mod contract;
 pub mod credential;
@@ -162,6 +164,24 @@ pub enum Error {
         /// The SDK's reason.
         source: SdkError,
     },
+    /// Sending a message failed.
+    #[error("cannot send a message to queue `{queue}`: {source}")]
+    SendMessage {
+        /// Queue name.
+        queue: String,
+        /// The SDK's reason.
+        source: SdkError,
+    },
+    /// A claim-check blob could not be written, listed, marked or deleted.
+    #[error("cannot {action} claim-check blob {blob}: {source}")]
+    Claim {
+        /// What was attempted.
+        action: claims::ClaimAction,
+        /// `container/blob` (or `container/prefix/` for a listing).
+        blob: String,
+        /// The SDK's reason.
+        source: SdkError,
+    },
     /// Creating a container failed.
     #[error("cannot create container `{name}`: {source}")]
     CreateContainer {
@@ -234,7 +254,9 @@ impl Error {
             | Error::ProbeQueue { source, .. }
             | Error::CreateContainer { source, .. }
             | Error::DeleteContainer { source, .. }
-            | Error::BlobCors { source, .. } => source.is_transient(),
+            | Error::BlobCors { source, .. }
+            | Error::SendMessage { source, .. }
+            | Error::Claim { source, .. } => source.is_transient(),
             Error::Arm { .. }
             | Error::AccountProvisioning { .. }
             | Error::GetDelegationKey { .. }

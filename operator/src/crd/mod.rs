@@ -48,13 +48,15 @@ pub const MAX_APP_NAME: usize = 59;
     printcolumn(name = "Workers", type_ = "string", json_path = ".status.workersSummary", description = "Worker replicas, current/desired"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = Rule::new("size(self.metadata.name) <= 59").message("metadata.name must be at most 59 characters (the web Service is named <name>-web)"),
-    validation = Rule::new("!has(self.spec.workers) || self.spec.workers.all(w, size(self.metadata.name) + size(w.name) <= 62)").message("<metadata.name>-<worker name> must be at most 63 characters (it names the worker's Deployment)").field_path(".spec.workers")
+    validation = Rule::new("!has(self.spec.workers) || self.spec.workers.all(w, size(self.metadata.name) + size(w.name) <= 62)").message("<metadata.name>-<worker name> must be at most 63 characters (it names the worker's Deployment)").field_path(".spec.workers"),
+    validation = Rule::new("!has(self.spec.queues) || size(self.spec.queues) == 0 || (has(self.spec.claimCheck) && has(self.spec.claimCheck.container)) || (size(self.metadata.name) <= 56 && !self.metadata.name.contains('--'))").message("the default claim-check container <metadata.name>-claims would not be a valid container name (at most 63 characters, no '--'): set spec.claimCheck.container").field_path(".spec.claimCheck")
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
     validation = Rule::new("!has(self.workers) || self.workers.all(w, has(self.queues) && self.queues.exists(q, q.name == w.queue))").message("every workers[].queue must name a queue in queues[]").field_path(".workers"),
     validation = Rule::new("!has(self.workers) || self.workers.all(w, self.workers.exists_one(v, v.queue == w.queue))").message("each queue can be consumed by only one worker role").field_path(".workers"),
-    validation = Rule::new("!has(self.queues) || self.queues.all(q, !self.queues.exists(p, p.name + '-poison' == q.name))").message("a queue cannot be named like another queue's poison queue (<name>-poison)").field_path(".queues")
+    validation = Rule::new("!has(self.queues) || self.queues.all(q, !self.queues.exists(p, p.name + '-poison' == q.name))").message("a queue cannot be named like another queue's poison queue (<name>-poison)").field_path(".queues"),
+    validation = Rule::new("!has(self.claimCheck) || !has(self.claimCheck.container) || !has(self.containers) || !self.containers.exists(c, c.name == self.claimCheck.container)").message("claimCheck.container must not be one of containers[]: claim-check blobs are deleted by the workers").field_path(".claimCheck.container")
 )]
 pub struct CqrsAppSpec {
     /// Where the app's queues and blobs live: exactly one of `connectionSecretRef` (Azurite or a
@@ -87,9 +89,55 @@ pub struct CqrsAppSpec {
     #[serde(default)]
     #[schemars(length(max = 16), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub workers: Vec<WorkerSpec>,
+
+    /// Commands larger than a queue message: a body over `thresholdBytes` is written to a blob
+    /// in the claim-check container and a small reference is enqueued instead; the worker
+    /// reads it, checks its SHA-256, and deletes it once the command is handled. Every app
+    /// with queues gets the container (default `<metadata.name>-claims`), provisioned and
+    /// deleted like `containers[]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim_check: Option<ClaimCheckSpec>,
+}
+
+/// Where large commands travel (`spec.claimCheck`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClaimCheckSpec {
+    /// The claim-check container: 3-63 lowercase letters, digits and single dashes; not one of
+    /// `containers[]`. Default `<metadata.name>-claims`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 3, max = 63), pattern("^[a-z0-9]+(-[a-z0-9]+)*$"))]
+    pub container: Option<String>,
+
+    /// Command bodies over this many bytes travel as blobs (1024 to 49152; 48 KiB of text is
+    /// 64 KiB once base64-encoded, Azure's message limit).
+    #[serde(default = "defaults::claim_threshold")]
+    #[schemars(range(min = 1024, max = 49152))]
+    pub threshold_bytes: u32,
 }
 
 impl CqrsAppSpec {
+    /// The claim-check container of app `name`: `claimCheck.container`, else `<name>-claims`;
+    /// `None` for an app without queues (nothing to send).
+    pub fn claim_container(&self, name: &str) -> Option<String> {
+        if self.queues.is_empty() {
+            return None;
+        }
+        Some(
+            self.claim_check
+                .as_ref()
+                .and_then(|c| c.container.clone())
+                .unwrap_or_else(|| format!("{name}-claims")),
+        )
+    }
+
+    /// The claim-check threshold in bytes.
+    pub fn claim_threshold(&self) -> u32 {
+        self.claim_check
+            .as_ref()
+            .map_or_else(defaults::claim_threshold, |c| c.threshold_bytes)
+    }
+
     /// The visibility timeout of `worker`'s queue (how long a worker may take over one
     /// message before it is delivered again).
     pub fn visibility_timeout_of(&self, worker: &WorkerSpec) -> u32 {
@@ -186,6 +234,10 @@ pub mod defaults {
     /// `queues[].messageTtlSeconds`: 7 days, Azure's default.
     pub fn message_ttl() -> i64 {
         604_800
+    }
+    /// `claimCheck.thresholdBytes`: 48 KiB.
+    pub fn claim_threshold() -> u32 {
+        cqrs_storage::claims::DEFAULT_THRESHOLD_BYTES
     }
     /// `containers[].cors.maxAgeSeconds`.
     pub fn cors_max_age() -> u32 {

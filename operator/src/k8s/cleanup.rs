@@ -79,7 +79,7 @@ pub(super) async fn cleanup(app: &CqrsApp, ctx: &Context) -> Result<Action, Erro
             }
         }
     };
-    let plan = plan::storage_plan(&format!("{namespace}-{name}"), &app.spec);
+    let plan = plan::storage_plan(&format!("{namespace}-{name}"), &name, &app.spec);
     let lock = ctx.account_lock(&connected.probe_id);
     let result = {
         let _guard = lock.lock().await;

@@ -35,7 +35,7 @@ pub(super) async fn connect_and_provision(
     ctx.metrics.provisionings.inc();
     let connected = ctx.storage.connect(app).await?;
     let owner_id = format!("{}-{}", app.namespace().unwrap_or_default(), app.name_any());
-    let plan = plan::storage_plan(&owner_id, &app.spec);
+    let plan = plan::storage_plan(&owner_id, &app.name_any(), &app.spec);
     // NB: CORS rules are read-modify-written per account; serialize apps sharing one.
     let lock = ctx.account_lock(&connected.probe_id);
     let report = {

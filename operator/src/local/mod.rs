@@ -253,7 +253,7 @@ pub async fn run(
         &options.connection_string,
         RetrySettings::BACKGROUND,
     )?;
-    let plan = plan::storage_plan(&format!("local-{name}"), &spec);
+    let plan = plan::storage_plan(&format!("local-{name}"), &name, &spec);
     let report = account.provision(&plan).await?;
     eprintln!(
         "[runtime] storage ready: {} queue(s), {} container(s){}",

@@ -50,6 +50,16 @@ pub fn cross_field() -> Vec<(&'static str, Mutation, &'static str)> {
             "spec.storage",
         ),
         (
+            "a claim-check container that is also a listed container",
+            |a| {
+                a.spec.claim_check = Some(ClaimCheckSpec {
+                    container: Some("results".into()),
+                    threshold_bytes: 4096,
+                })
+            },
+            "spec.claimCheck.container",
+        ),
+        (
             "no storage kind",
             |a| a.spec.storage.connection_secret_ref = None,
             "spec.storage",
@@ -150,6 +160,26 @@ pub fn field_rules() -> Vec<(Mutation, &'static str, &'static str)> {
             |a| a.spec.queues.push(a.spec.queues[0].clone()),
             "spec.queues[2].name",
             "listed twice",
+        ),
+        (
+            |a| {
+                a.spec.claim_check = Some(ClaimCheckSpec {
+                    container: None,
+                    threshold_bytes: 100,
+                })
+            },
+            "spec.claimCheck.thresholdBytes",
+            "between 1024",
+        ),
+        (
+            |a| {
+                a.spec.claim_check = Some(ClaimCheckSpec {
+                    container: Some("Claims_Here".into()),
+                    threshold_bytes: 4096,
+                })
+            },
+            "spec.claimCheck.container",
+            "3-63",
         ),
         (
             |a| a.spec.containers[0].name = "re_sults".into(),

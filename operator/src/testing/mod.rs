@@ -76,6 +76,7 @@ pub fn app() -> CqrsApp {
             worker("registrar", "registrations"),
             worker("stocker", "inventory"),
         ],
+        claim_check: None,
     };
     CqrsApp {
         metadata: ObjectMeta {

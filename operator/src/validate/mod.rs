@@ -7,8 +7,8 @@ use std::collections::BTreeSet;
 use std::fmt;
 
 use crate::crd::{
-    AzureStorageSpec, ContainerSpec, CqrsAppSpec, MAX_APP_NAME, QueueSpec, ScalingBehavior,
-    ScalingSpec, StorageSpec, WebSpec, WorkerSpec,
+    AzureStorageSpec, ClaimCheckSpec, ContainerSpec, CqrsAppSpec, MAX_APP_NAME, QueueSpec,
+    ScalingBehavior, ScalingSpec, StorageSpec, WebSpec, WorkerSpec,
 };
 use k8s_openapi::api::core::v1::EnvVar;
 
@@ -71,6 +71,16 @@ pub fn validate_app(name: &str, spec: &CqrsAppSpec) -> Result<(), InvalidSpec> {
             name.len() + 1 + w.name.len() <= 63,
             || format!("spec.workers[{i}].name"),
             || format!("{name}-{} is longer than 63 characters (it names the worker's Deployment); shorten the app or worker name", w.name),
+        );
+    }
+    let explicit = spec.claim_check.as_ref().and_then(|c| c.container.as_ref());
+    if explicit.is_none()
+        && let Some(default) = spec.claim_container(name)
+    {
+        e.check(
+            is_azure_name(&default, 63),
+            || "spec.claimCheck.container".into(),
+            || format!("the default claim-check container {default:?} is not a valid container name (3-63 lowercase letters, digits and single dashes); set spec.claimCheck.container"),
         );
     }
     validate_spec_into(spec, &mut e);
@@ -136,6 +146,9 @@ fn validate_spec_into(spec: &CqrsAppSpec, e: &mut Errors) {
             || format!("container {:?} is listed twice", c.name),
         );
     }
+    if let Some(claims) = &spec.claim_check {
+        claim_check(claims, &container_names, e);
+    }
     if let Some(web) = &spec.web {
         web_role(web, e);
     }
@@ -173,6 +186,27 @@ fn validate_spec_into(spec: &CqrsAppSpec, e: &mut Errors) {
             format!("queue {:?} is already consumed by another worker role; each queue has one worker role", w.queue)
         });
     }
+}
+
+fn claim_check(c: &ClaimCheckSpec, containers: &BTreeSet<&str>, e: &mut Errors) {
+    use cqrs_storage::claims::{MAX_THRESHOLD_BYTES, MIN_THRESHOLD_BYTES};
+    if let Some(name) = &c.container {
+        e.check(
+            is_azure_name(name, 63),
+            || "spec.claimCheck.container".into(),
+            || format!("{name:?} must be 3-63 lowercase letters, digits and single dashes"),
+        );
+        e.check(
+            !containers.contains(name.as_str()),
+            || "spec.claimCheck.container".into(),
+            || format!("{name:?} is also in spec.containers; the claim-check container must be its own (workers delete its blobs)"),
+        );
+    }
+    e.check(
+        (MIN_THRESHOLD_BYTES..=MAX_THRESHOLD_BYTES).contains(&c.threshold_bytes),
+        || "spec.claimCheck.thresholdBytes".into(),
+        || format!("{} must be between {MIN_THRESHOLD_BYTES} and {MAX_THRESHOLD_BYTES} (48 KiB of text is 64 KiB once base64-encoded, Azure's message limit)", c.threshold_bytes),
+    );
 }
 
 fn storage(s: &StorageSpec, e: &mut Errors) {

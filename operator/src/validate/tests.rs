@@ -103,3 +103,27 @@ fn azure_names_follow_azure_rules() {
         assert!(!is_azure_name(bad, 63), "{bad}");
     }
 }
+
+#[test]
+fn a_name_too_long_for_the_default_claim_container_needs_an_explicit_one() {
+    let mut a = app();
+    a.metadata.name = Some(format!("shop-{}", "x".repeat(52)));
+    a.spec.workers.clear();
+    let rust = rust_errors(&a);
+    assert!(
+        rust.iter().any(|e| e.field == "spec.claimCheck.container"
+            && e.message.contains("set spec.claimCheck.container")),
+        "{rust:?}"
+    );
+    assert!(
+        cel_errors(&a).iter().any(|e| e.contains("claim-check")),
+        "{:?}",
+        cel_errors(&a)
+    );
+    a.spec.claim_check = Some(crate::crd::ClaimCheckSpec {
+        container: Some("shop-claims".into()),
+        threshold_bytes: 4096,
+    });
+    assert_eq!(rust_errors(&a), vec![]);
+    assert_eq!(cel_errors(&a), Vec::<String>::new());
+}

@@ -305,6 +305,7 @@ async fn creates_children_owned_by_the_app_with_the_environment_contract() {
             "ensure queue inventory-poison",
             "ensure container results",
             "ensure container readmodels",
+            "ensure container pieshop-claims",
             "cors shop-pieshop 1",
         ]
     );
@@ -477,6 +478,7 @@ async fn deleting_with_delete_removes_queues_poison_queues_and_containers() {
             "delete queue inventory-poison",
             "delete container results",
             "delete container readmodels",
+            "delete container pieshop-claims",
             "cors shop-pieshop 0",
         ]
     );
