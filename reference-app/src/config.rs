@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use cqrs_storage::claims::CommandSender;
 use cqrs_storage::contract::{self, ContractError, Env, Topology};
 use cqrs_storage::{RetrySettings, StorageAccount};
 use url::Url;
@@ -27,6 +28,8 @@ pub struct AppConfig {
     pub results_container: String,
     /// Container of read models and indexes (`READMODEL_CONTAINER`, default `readmodels`).
     pub readmodel_container: String,
+    /// Sends commands of any size (large ones through the claim-check container).
+    pub sender: CommandSender,
 }
 
 /// What a worker needs on top.
@@ -48,6 +51,11 @@ pub struct WorkerConfig {
     pub receivers: usize,
     /// Messages per receive (`WORKER_BATCH`, 1..=32, default 32).
     pub batch: u32,
+    /// The app's claim-check container, where large commands wait.
+    pub claim_container: Option<String>,
+    /// How long messages of the queue live (`None`: forever), which bounds how long their
+    /// claim-check blobs are kept.
+    pub message_ttl: Option<Duration>,
 }
 
 /// Why the configuration is unusable.
@@ -79,9 +87,17 @@ impl AppConfig {
     pub fn from_env(env: &Env, retry: RetrySettings) -> Result<Self, ConfigError> {
         let topology = env.topology()?;
         let queues: Vec<String> = topology.queues.iter().map(|q| q.name.clone()).collect();
+        let account = env.storage_account(retry)?;
+        let sender = topology
+            .command_sender(&account)
+            .ok_or_else(|| ContractError::Invalid {
+                name: contract::TOPOLOGY,
+                reason: "it names no claimContainer (an operator older than the claim check wrote it); upgrade the operator".into(),
+            })?;
         Ok(Self {
             port: env.parse_or(contract::PORT, 8080)?,
-            account: env.storage_account(retry)?,
+            account,
+            sender,
             public_blob_endpoint: env.public_blob_endpoint()?,
             registration_queue: name_in(
                 env,
@@ -129,7 +145,13 @@ impl WorkerConfig {
             });
         }
         let receivers: usize = env.parse_or("WORKER_RECEIVERS", 2)?;
+        let topology = env.topology()?;
+        let message_ttl = topology
+            .queue(&queue)
+            .map_or(604_800, |q| q.message_ttl_seconds);
         Ok(Self {
+            claim_container: topology.claim_container.clone(),
+            message_ttl: u64::try_from(message_ttl).ok().map(Duration::from_secs),
             poison_queue: env.get(contract::POISON_QUEUE).map_or_else(
                 || cqrs_storage::queues::poison_queue_name(&queue),
                 String::from,

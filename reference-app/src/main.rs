@@ -163,6 +163,7 @@ async fn run_worker(env: &Env) -> Result<(), String> {
         let handler = Arc::new(Inventory::new(
             account.clone(),
             config.readmodel_container.clone(),
+            config.results_container.clone(),
         ));
         let worker =
             Worker::new(&account, worker_config, handler, metrics).map_err(|e| e.to_string())?;

@@ -56,6 +56,7 @@ pub fn run(extra: &[String]) -> Result<()> {
         .args(extra)
         .env("CQRS_TEST_AZURITE", azurite.connection_string())
         .env("CHROMIUM", &chromium)
+        .env("CQRS_TEST_PYTHON", &python)
         .env("CQRS_TEST_KUBECONFIG", cluster.kubeconfig())
         .env("CQRS_TEST_CLUSTER_LOGS", cluster.logs_dir())
         .env("CQRS_TEST_K8S_BIN", &cluster.bin)

@@ -122,14 +122,18 @@ pub fn chromium() -> Result<PathBuf> {
     Ok(path)
 }
 
-/// Python packages the chart checks use, pinned.
+/// Python packages the chart checks and the SDK interop tests use, pinned.
 pub const PYTHON_PACKAGES: &[&str] = &[
     "helm-python-sdk==0.2.2",
     "kubernetes-validate==1.37.0",
     "PyYAML==6.0.2",
+    // The official Azure SDK for Python: the reference app's interop tests send commands (plain
+    // and through the claim check) exactly as a Python producer would.
+    "azure-storage-blob==12.31.1",
+    "azure-storage-queue==12.18.1",
 ];
 
-/// Makes sure `.tools/venv` has the chart-check packages; returns its python.
+/// Makes sure `.tools/venv` has the chart-check and interop packages; returns its python.
 pub fn python() -> Result<PathBuf> {
     let venv = root().join(".tools/venv");
     let python = venv.join("bin/python");
@@ -139,7 +143,7 @@ pub fn python() -> Result<PathBuf> {
         return Ok(python);
     }
     let system = ["python3", "python"].into_iter().find(|p| on_path(p)).ok_or_else(|| {
-        anyhow::anyhow!("the chart checks need Python 3.9+ with venv and pip (e.g. `apt-get install python3 python3-venv`)")
+        anyhow::anyhow!("the chart checks and SDK interop tests need Python 3.9+ with venv and pip (e.g. `apt-get install python3 python3-venv`)")
     })?;
     if !python.is_file() {
         step(

@@ -12,9 +12,8 @@ use axum::extract::rejection::JsonRejection;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use azure_core::http::{Etag, RequestContent};
+use azure_core::http::Etag;
 use azure_storage_blob::models::BlobClientDownloadOptions;
-use azure_storage_queue::models::{QueueClientSendMessageOptions, QueueMessage};
 use cqrs_storage::{SdkError, StorageAccount};
 use futures::Stream;
 use serde_json::json;
@@ -208,7 +207,8 @@ pub async fn events(
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
 }
 
-fn authorized(state: &AppState, headers: &HeaderMap) -> bool {
+/// Whether the request carries the scanners' key.
+pub(super) fn authorized(state: &AppState, headers: &HeaderMap) -> bool {
     let Some(key) = state.scanner_key.as_deref() else {
         return false;
     };
@@ -229,29 +229,23 @@ pub async fn adjust(
     if !authorized(&state, &headers) {
         return Err(ApiError::Unauthorized);
     }
-    let adjustment = body.map_err(ApiError::from_json)?.0;
+    let adjustment = body
+        .map_err(|r| ApiError::from_json(r, super::ADJUSTMENT_BODY_LIMIT))?
+        .0;
     adjustment.validate().map_err(ApiError::Fields)?;
     let _admitted = state.admission.enter()?;
     let cfg = &state.config;
     let text = serde_json::to_string(&adjustment)
         .map_err(|e| ApiError::storage("cannot encode the adjustment", e))?;
-    let content: RequestContent<QueueMessage, _> = QueueMessage {
-        message_text: Some(text),
-    }
-    .try_into()
-    .map_err(|e| ApiError::storage("cannot encode the adjustment", e))?;
-    let options = QueueClientSendMessageOptions {
-        message_time_to_live: Some(
-            i32::try_from(cfg.message_ttl(&cfg.inventory_queue)).unwrap_or(-1),
-        ),
-        ..Default::default()
-    };
-    cfg.account
-        .queue(&cfg.inventory_queue)
-        .map_err(|e| ApiError::storage("cannot reach the queue", e))?
-        .send_message(content, Some(options))
+    cfg.sender
+        .send(
+            &cfg.inventory_queue,
+            &text,
+            "application/json",
+            cfg.message_ttl(&cfg.inventory_queue),
+        )
         .await
-        .map_err(|e| ApiError::storage("cannot enqueue the adjustment", SdkError(e)))?;
+        .map_err(|e| ApiError::storage("cannot enqueue the adjustment", e))?;
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({ "commandId": adjustment.command_id })),

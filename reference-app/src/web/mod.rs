@@ -8,6 +8,7 @@
 mod inventory;
 mod pages;
 mod registration;
+mod stocktake;
 
 use std::collections::BTreeMap;
 use std::num::NonZeroUsize;
@@ -15,7 +16,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -94,10 +95,38 @@ pub enum ApiError {
     Unavailable(String),
     /// 503 with `Retry-After`: this many commands are already waiting on storage.
     Busy(usize),
+    /// 413: the body is over this endpoint's limit (in bytes).
+    TooLarge(usize),
+    /// 415: a body of a type this endpoint does not take.
+    UnsupportedType(String),
+}
+
+/// Largest body of `POST /api/registrations`.
+pub const REGISTRATION_BODY_LIMIT: usize = 16 * 1024;
+/// Largest body of `POST /api/inventory/adjustments`.
+pub const ADJUSTMENT_BODY_LIMIT: usize = 16 * 1024;
+/// Largest body of `POST /api/inventory/stocktakes` (a 10,000-line stock take is ~400 KiB).
+pub const STOCKTAKE_BODY_LIMIT: usize = 8 * 1024 * 1024;
+
+/// `8 MiB`, `16 KiB`, `100 bytes`.
+pub fn human_bytes(n: usize) -> String {
+    const KIB: usize = 1024;
+    const MIB: usize = 1024 * KIB;
+    if n >= MIB && n.is_multiple_of(MIB) {
+        format!("{} MiB", n / MIB)
+    } else if n >= KIB && n.is_multiple_of(KIB) {
+        format!("{} KiB", n / KIB)
+    } else {
+        format!("{n} bytes")
+    }
 }
 
 impl ApiError {
-    fn from_json(rejection: JsonRejection) -> Self {
+    /// A JSON body that could not be read: 413 over `limit`, else 400 naming the problem.
+    fn from_json(rejection: JsonRejection, limit: usize) -> Self {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            return ApiError::TooLarge(limit);
+        }
         ApiError::Fields(BTreeMap::from([(
             "body".to_string(),
             rejection.body_text(),
@@ -123,6 +152,19 @@ impl IntoResponse for ApiError {
                 rsp
             }
             ApiError::Unavailable(message) => unavailable(&message, "2"),
+            ApiError::TooLarge(limit) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                Json(json!({
+                    "error": format!("the request body is larger than {}, this endpoint's limit", human_bytes(limit)),
+                    "limitBytes": limit,
+                })),
+            )
+                .into_response(),
+            ApiError::UnsupportedType(message) => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                Json(json!({ "error": message })),
+            )
+                .into_response(),
             ApiError::Busy(limit) => unavailable(
                 &format!(
                     "busy: {limit} commands are already waiting on storage (WEB_MAX_IN_FLIGHT), try again shortly"
@@ -144,14 +186,42 @@ fn unavailable(message: &str, retry_after: &'static str) -> Response {
     rsp
 }
 
+/// A read-only SAS URL for one result blob, as browsers reach it.
+async fn result_url(config: &AppConfig, blob: &str) -> Result<String, ApiError> {
+    let url = config
+        .account
+        .blob_read_url(
+            &config.results_container,
+            blob,
+            time::OffsetDateTime::now_utc() + registration::RESULT_URL_LIFETIME,
+        )
+        .await
+        .map_err(|e| ApiError::storage("cannot sign the result URL", e))?;
+    Ok(registration::public_url(
+        &url,
+        config.account.blob_service().url(),
+        config.public_blob_endpoint.as_ref(),
+    ))
+}
+
 /// All routes of the web role.
 pub fn router(state: Arc<AppState>) -> axum::Router {
     axum::Router::new()
         .route("/", get(pages::register_page))
         .route("/inventory", get(pages::inventory_page))
-        .route("/api/registrations", post(registration::register))
+        .route(
+            "/api/registrations",
+            post(registration::register).layer(DefaultBodyLimit::max(REGISTRATION_BODY_LIMIT)),
+        )
         .route("/api/inventory", get(inventory::query))
-        .route("/api/inventory/adjustments", post(inventory::adjust))
+        .route(
+            "/api/inventory/adjustments",
+            post(inventory::adjust).layer(DefaultBodyLimit::max(ADJUSTMENT_BODY_LIMIT)),
+        )
+        .route(
+            "/api/inventory/stocktakes",
+            post(stocktake::upload).layer(DefaultBodyLimit::max(STOCKTAKE_BODY_LIMIT)),
+        )
         .route("/inventory/events", get(inventory::events))
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))

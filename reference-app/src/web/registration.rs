@@ -7,8 +7,6 @@ use axum::Json;
 use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
 use axum::http::StatusCode;
-use azure_core::http::RequestContent;
-use azure_storage_queue::models::{QueueClientSendMessageOptions, QueueMessage};
 use serde_json::{Value, json};
 use time::{Duration, OffsetDateTime};
 
@@ -25,7 +23,9 @@ pub async fn register(
     State(state): State<Arc<AppState>>,
     body: Result<Json<RegistrationForm>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let form = body.map_err(ApiError::from_json)?.0;
+    let form = body
+        .map_err(|r| ApiError::from_json(r, super::REGISTRATION_BODY_LIMIT))?
+        .0;
     let id = uuid::Uuid::new_v4().to_string();
     let mut command = form
         .into_command(id.clone(), OffsetDateTime::now_utc().date())
@@ -50,40 +50,17 @@ pub async fn register(
     }
     let text = serde_json::to_string(&command)
         .map_err(|e| ApiError::storage("cannot encode the command", e))?;
-    let content: RequestContent<QueueMessage, _> = QueueMessage {
-        message_text: Some(text),
-    }
-    .try_into()
-    .map_err(|e| ApiError::storage("cannot encode the command", e))?;
-    let options = QueueClientSendMessageOptions {
-        message_time_to_live: Some(
-            i32::try_from(cfg.message_ttl(&cfg.registration_queue)).unwrap_or(-1),
-        ),
-        ..Default::default()
-    };
-    cfg.account
-        .queue(&cfg.registration_queue)
-        .map_err(|e| ApiError::storage("cannot reach the queue", e))?
-        .send_message(content, Some(options))
-        .await
-        .map_err(|e| {
-            ApiError::storage("cannot enqueue the registration", cqrs_storage::SdkError(e))
-        })?;
-
-    let url = cfg
-        .account
-        .blob_read_url(
-            &cfg.results_container,
-            &blob,
-            OffsetDateTime::now_utc() + RESULT_URL_LIFETIME,
+    cfg.sender
+        .send(
+            &cfg.registration_queue,
+            &text,
+            "application/json",
+            cfg.message_ttl(&cfg.registration_queue),
         )
         .await
-        .map_err(|e| ApiError::storage("cannot sign the result URL", e))?;
-    let url = public_url(
-        &url,
-        cfg.account.blob_service().url(),
-        cfg.public_blob_endpoint.as_ref(),
-    );
+        .map_err(|e| ApiError::storage("cannot enqueue the registration", e))?;
+
+    let url = super::result_url(cfg, &blob).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({ "id": id, "resultUrl": url })),

@@ -8,6 +8,11 @@
 //!   half timeout, so long work is not redelivered to another replica.
 //! - A message dequeued more than `CQRS_MAX_DEQUEUE_COUNT` times, or one that cannot be
 //!   decoded, goes to `CQRS_POISON_QUEUE` (copied first, then deleted: never lost).
+//! - A message that is a claim-check envelope ([`cqrs_storage::claims`]) stands for its blob:
+//!   the body is downloaded and checked (size, SHA-256) and handled like a small command; the
+//!   blob is deleted after the message, kept (marked) with a poisoned one, and a missing or
+//!   altered blob poisons the message with the reason. Orphaned blobs (their message expired)
+//!   are swept in the background.
 //! - An empty queue is polled with a backoff from 100 ms doubling to 2 s, reset by work; storage
 //!   errors back off the same way and never stop the worker.
 //! - On SIGTERM/Ctrl-C receiving stops, batches in hand finish, and the process exits 0.
@@ -15,6 +20,7 @@
 pub mod inventory;
 pub mod rate;
 pub mod registration;
+pub mod stocktake;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -25,6 +31,7 @@ use azure_core::http::RequestContent;
 use azure_storage_queue::QueueClient;
 use azure_storage_queue::models::{QueueClientReceiveMessagesOptions, QueueMessage};
 use cqrs_storage::SdkError;
+use cqrs_storage::claims::{ClaimCheck, ClaimError};
 use time::OffsetDateTime;
 use tokio::sync::watch;
 
@@ -71,6 +78,7 @@ pub trait Handler: Send + Sync + 'static {
 
 /// Consumes one queue with one handler.
 pub struct Worker<H: Handler> {
+    account: cqrs_storage::StorageAccount,
     queue: Arc<QueueClient>,
     poison: QueueClient,
     config: WorkerConfig,
@@ -118,6 +126,7 @@ impl<H: Handler> Worker<H> {
             config.rate_share_file.clone(),
         ));
         Ok(Self {
+            account: account.clone(),
             queue: Arc::new(account.queue(&config.queue)?),
             poison: account.queue(&config.poison_queue)?,
             config,
@@ -145,6 +154,11 @@ impl<H: Handler> Worker<H> {
                 }
             })
         };
+        let sweeper = self.config.claim_container.clone().map(|container| {
+            let worker = self.clone();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move { worker.sweep_claims(container, shutdown).await })
+        });
         let loops: Vec<_> = (0..self.config.receivers)
             .map(|_| {
                 let worker = self.clone();
@@ -158,6 +172,34 @@ impl<H: Handler> Worker<H> {
             }
         }
         reload.abort();
+        if let Some(sweeper) = sweeper {
+            sweeper.abort();
+        }
+    }
+
+    /// Deletes the claim-check blobs of this queue whose message can no longer exist, every
+    /// half message time-to-live (between 1 s and 10 min).
+    async fn sweep_claims(&self, container: String, mut shutdown: watch::Receiver<bool>) {
+        let ttl = self.config.message_ttl;
+        let period = ttl.map_or(Duration::from_secs(600), |t| {
+            (t / 2).clamp(Duration::from_secs(1), Duration::from_secs(600))
+        });
+        while !*shutdown.borrow() {
+            sleep_or_shutdown(period, &mut shutdown).await;
+            match self
+                .account
+                .sweep_claims(&container, &self.config.queue, ttl)
+                .await
+            {
+                Ok(swept) if swept.deleted > 0 => {
+                    tracing::info!(queue = %self.config.queue, deleted = swept.deleted, kept = swept.kept, "deleted orphaned claim-check blobs (their message expired)")
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(queue = %self.config.queue, "cannot sweep claim-check blobs: {e}")
+                }
+            }
+        }
     }
 
     async fn receive_loop(&self, mut shutdown: watch::Receiver<bool>) {
@@ -221,25 +263,74 @@ impl<H: Handler> Worker<H> {
         let started = std::time::Instant::now();
         // Pop receipts change with each visibility renewal; the renewer and the deleter share them.
         let receipts: Arc<Mutex<HashMap<String, String>>> = Arc::default();
-        let mut work = Vec::new();
-        let mut commands = Vec::new();
+        let mut pending = Vec::new();
         for (message, pop) in batch {
+            let claim = match ClaimCheck::parse(&message.text) {
+                None => None,
+                Some(Ok(claim)) => Some(claim),
+                Some(Err(reason)) => {
+                    let reason = format!("malformed message: {reason}");
+                    self.poison(&message, &pop, None, None, &reason).await;
+                    continue;
+                }
+            };
             if message.dequeue_count > self.config.max_dequeue_count {
                 let reason = format!(
                     "dequeued {} times (maxDequeueCount {})",
                     message.dequeue_count, self.config.max_dequeue_count
                 );
-                let command = self.handler.decode(&message.text).ok();
-                self.poison(&message, &pop, command.as_ref(), &reason).await;
+                // NB: decoded (best effort) so the handler can tell whoever waits on it.
+                let command = match &claim {
+                    Some(claim) => self
+                        .fetch_claim(claim)
+                        .await
+                        .ok()
+                        .and_then(|text| self.handler.decode(&text).ok()),
+                    None => self.handler.decode(&message.text).ok(),
+                };
+                self.poison(&message, &pop, command.as_ref(), claim.as_ref(), &reason)
+                    .await;
                 continue;
             }
-            match self.handler.decode(&message.text) {
+            pending.push((message, pop, claim));
+        }
+        // Large commands wait in their claim-check blobs: fetched concurrently.
+        let bodies = futures::future::join_all(pending.iter().map(|(_, _, claim)| async move {
+            match claim {
+                None => Ok(None),
+                Some(claim) => self.fetch_claim(claim).await.map(Some),
+            }
+        }))
+        .await;
+        let mut work = Vec::new();
+        let mut claims = Vec::new();
+        let mut commands = Vec::new();
+        for ((message, pop, claim), body) in pending.into_iter().zip(bodies) {
+            let decoded = match &body {
+                Ok(Some(text)) => self.handler.decode(text),
+                Ok(None) => self.handler.decode(&message.text),
+                Err(ClaimError::Invalid(reason)) => {
+                    self.poison(&message, &pop, None, claim.as_ref(), reason)
+                        .await;
+                    continue;
+                }
+                Err(e @ ClaimError::Unavailable { .. }) => {
+                    // Left invisible: it comes back after its visibility timeout.
+                    let queue = AppMetrics::queue(&self.config.queue);
+                    self.metrics.failed.get_or_create(&queue).inc();
+                    tracing::warn!(queue = %self.config.queue, message = %message.id, "will be retried: {e}");
+                    continue;
+                }
+            };
+            drop(body);
+            match decoded {
                 Ok(command) => {
                     receipts
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .insert(message.id.clone(), pop);
                     commands.push(command);
+                    claims.push(claim);
                     work.push(message);
                 }
                 Err(reason) => {
@@ -247,6 +338,7 @@ impl<H: Handler> Worker<H> {
                         &message,
                         &pop,
                         None,
+                        claim.as_ref(),
                         &format!("malformed message: {reason}"),
                     )
                     .await
@@ -264,27 +356,38 @@ impl<H: Handler> Worker<H> {
         let outcomes = self.handler.handle(&commands).await;
         renewer.abort();
         // Settled concurrently: one round trip for the batch, not one per message.
-        let settled =
-            work.iter()
-                .zip(&commands)
-                .zip(outcomes)
-                .map(|((message, command), outcome)| {
-                    let pop = receipts
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .get(&message.id)
-                        .cloned()
-                        .unwrap_or_default();
-                    self.settle(message, pop, command, outcome, started)
-                });
+        let settled = work.iter().zip(&claims).zip(&commands).zip(outcomes).map(
+            |(((message, claim), command), outcome)| {
+                let pop = receipts
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&message.id)
+                    .cloned()
+                    .unwrap_or_default();
+                self.settle(message, pop, claim.as_ref(), command, outcome, started)
+            },
+        );
         futures::future::join_all(settled).await;
     }
 
-    /// Deletes a handled message, leaves a failed one for redelivery, poisons a rejected one.
+    /// The body a claim-check envelope stands for (the app's container only).
+    async fn fetch_claim(&self, claim: &ClaimCheck) -> Result<String, ClaimError> {
+        let Some(container) = &self.config.claim_container else {
+            return Err(ClaimError::Invalid(format!(
+                "a claim-check envelope for {}, but this app has no claim-check container",
+                claim.location()
+            )));
+        };
+        self.account.fetch_claim(claim, container).await
+    }
+
+    /// Deletes a handled message (then its claim-check blob), leaves a failed one for
+    /// redelivery, poisons a rejected one.
     async fn settle(
         &self,
         message: &Received,
         pop: String,
+        claim: Option<&ClaimCheck>,
         command: &H::Command,
         outcome: Outcome,
         started: std::time::Instant,
@@ -293,6 +396,13 @@ impl<H: Handler> Worker<H> {
         match outcome {
             Outcome::Done => match self.queue.delete_message(&message.id, &pop, None).await {
                 Ok(_) => {
+                    // NB: only now: a redelivered reference must still find its blob. A blob
+                    // left behind by a failure here is swept once the message has expired.
+                    if let Some(claim) = claim
+                        && let Err(e) = self.account.delete_claim(claim).await
+                    {
+                        tracing::warn!(message = %message.id, "handled, but the claim-check blob stays until the sweep: {e}");
+                    }
                     self.metrics.processed.get_or_create(&queue).inc();
                     self.metrics
                         .handling_seconds
@@ -315,19 +425,31 @@ impl<H: Handler> Worker<H> {
                 self.metrics.failed.get_or_create(&queue).inc();
                 tracing::warn!(queue = %self.config.queue, message = %message.id, attempt = message.dequeue_count, "will be retried: {reason}");
             }
-            Outcome::Reject(reason) => self.poison(message, &pop, Some(command), &reason).await,
+            Outcome::Reject(reason) => {
+                self.poison(message, &pop, Some(command), claim, &reason)
+                    .await
+            }
         }
     }
 
-    /// Copies the message to the poison queue, then deletes it.
+    /// Copies the message to the poison queue, then deletes it; its claim-check blob, if any,
+    /// is marked first so the sweep keeps it as long as the poison copy.
     async fn poison(
         &self,
         message: &Received,
         pop: &str,
         command: Option<&H::Command>,
+        claim: Option<&ClaimCheck>,
         reason: &str,
     ) {
         let queue = AppMetrics::queue(&self.config.queue);
+        if let Some(claim) = claim
+            && let Err(e) = self.account.mark_claim_poisoned(claim).await
+        {
+            // Left in the queue: it will come back and be poisoned then.
+            tracing::warn!(message = %message.id, "cannot keep the claim-check blob with the poisoned message: {e}");
+            return;
+        }
         let copy = QueueMessage {
             message_text: Some(message.text.clone()),
         };

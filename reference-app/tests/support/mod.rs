@@ -10,8 +10,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use cqrs_operator::crd::{
-    ContainerSpec, CorsSpec, CqrsAppSpec, DeletionPolicy, QueueSpec, StorageSpec, WebServiceSpec,
-    WebSpec, WorkerSpec,
+    ClaimCheckSpec, ContainerSpec, CorsSpec, CqrsAppSpec, DeletionPolicy, QueueSpec, StorageSpec,
+    WebServiceSpec, WebSpec, WorkerSpec,
 };
 use cqrs_operator::plan::{EnvSource, Role, StorageAccess, role_env, storage_plan};
 use cqrs_storage::azurite::{TestAzurite, unique_name};
@@ -27,6 +27,7 @@ pub struct Names {
     pub inventory: String,
     pub results: String,
     pub readmodels: String,
+    pub claims: String,
 }
 
 impl Names {
@@ -37,6 +38,7 @@ impl Names {
             inventory: unique_name("inv"),
             results: unique_name("res"),
             readmodels: unique_name("rm"),
+            claims: unique_name("claims"),
         }
     }
 }
@@ -62,12 +64,12 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn queue(name: &str, max_dequeue: u32, visibility: u32) -> QueueSpec {
+fn queue(name: &str, options: &Options) -> QueueSpec {
     QueueSpec {
         name: name.into(),
-        max_dequeue_count: max_dequeue,
-        visibility_timeout_seconds: visibility,
-        message_ttl_seconds: 3600,
+        max_dequeue_count: options.max_dequeue,
+        visibility_timeout_seconds: options.visibility,
+        message_ttl_seconds: options.message_ttl,
     }
 }
 
@@ -81,6 +83,10 @@ pub struct Options {
     pub extra_env: BTreeMap<String, String>,
     /// Write each process's output to `<dir>/<role>-<n>.log`.
     pub log_dir: Option<std::path::PathBuf>,
+    /// `queues[].messageTtlSeconds` of both queues.
+    pub message_ttl: i64,
+    /// `claimCheck.thresholdBytes`.
+    pub claim_threshold: u32,
 }
 
 impl Default for Options {
@@ -91,6 +97,8 @@ impl Default for Options {
             cors_for_web: false,
             extra_env: BTreeMap::new(),
             log_dir: None,
+            message_ttl: 3600,
+            claim_threshold: cqrs_storage::claims::DEFAULT_THRESHOLD_BYTES,
         }
     }
 }
@@ -117,12 +125,8 @@ impl App {
             },
             deletion_policy: DeletionPolicy::Retain,
             queues: vec![
-                queue(
-                    &names.registrations,
-                    options.max_dequeue,
-                    options.visibility,
-                ),
-                queue(&names.inventory, options.max_dequeue, options.visibility),
+                queue(&names.registrations, &options),
+                queue(&names.inventory, &options),
             ],
             containers: vec![
                 ContainerSpec {
@@ -150,8 +154,12 @@ impl App {
                 worker("registrar", &names.registrations),
                 worker("stocker", &names.inventory),
             ],
+            claim_check: Some(ClaimCheckSpec {
+                container: Some(names.claims.clone()),
+                threshold_bytes: options.claim_threshold,
+            }),
         };
-        let plan = storage_plan(&unique_name("owner"), &spec);
+        let plan = storage_plan(&unique_name("owner"), "pieshop", &spec);
         account.provision(&plan).await.unwrap();
         let mut extra_env = BTreeMap::from([
             (
@@ -393,6 +401,7 @@ pub fn local_manifest(app: &str, names: &Names, scaling: &str) -> String {
         inventory: inv,
         results: res,
         readmodels: rm,
+        claims,
     } = names;
     let env = format!(
         "[{{name: REGISTRATION_QUEUE, value: {reg}}}, {{name: INVENTORY_QUEUE, value: {inv}}}, \
@@ -408,6 +417,7 @@ spec:
     - {{name: {reg}, visibilityTimeoutSeconds: 10}}
     - {{name: {inv}, visibilityTimeoutSeconds: 10}}
   containers: [{{name: {res}}}, {{name: {rm}}}]
+  claimCheck: {{container: {claims}}}
   web: {{image: unused, args: [web], env: {env}}}
   workers:
     - {{name: registrar, image: unused, args: [worker], queue: {reg}, env: {env}, scaling: {scaling}}}
