@@ -154,7 +154,7 @@ async fn raw_registration_rate(bench: &Bench, n: usize) -> Result<f64> {
 }
 
 /// One worker replica draining `n` prefilled messages of `kind`.
-async fn worker_rate(bench: &Bench, kind: Kind, n: usize) -> Result<f64> {
+pub async fn worker_rate(bench: &Bench, kind: Kind, n: usize) -> Result<f64> {
     let names = bench.provisioned().await?;
     prefill(bench, &names, kind, n).await?;
     let (registrar, stocker, role) = match kind {

@@ -8,6 +8,7 @@ mod http;
 mod load;
 mod memory;
 mod scale;
+mod stocktake;
 
 use std::path::PathBuf;
 
@@ -39,7 +40,15 @@ fn machine() -> String {
 }
 
 /// The benchmarks, in the order they run.
-const NAMES: [&str; 6] = ["drain", "command", "query", "e2e", "scale", "memory"];
+const NAMES: [&str; 7] = [
+    "drain",
+    "stocktake",
+    "command",
+    "query",
+    "e2e",
+    "scale",
+    "memory",
+];
 
 #[tokio::main]
 async fn main() -> Result<()> {
@@ -135,6 +144,7 @@ async fn run(args: &[String]) -> Result<()> {
 async fn measure(name: &str, bench: &Bench) -> Result<Vec<Row>> {
     match name {
         "drain" => drain::run(bench).await,
+        "stocktake" => stocktake::run(bench).await,
         "command" => http::command_path(bench).await,
         "query" => http::query_path(bench).await,
         "e2e" => e2e::run(bench).await,

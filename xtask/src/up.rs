@@ -92,6 +92,11 @@ fn banner() {
        curl -X POST http://127.0.0.1:{WEB_PORT}/api/inventory/adjustments \\
          -H 'Authorization: Bearer dev-scanner-key' -H 'content-type: application/json' \\
          -d '{{\"commandId\":\"scan-1\",\"location\":\"downtown\",\"item\":\"apple-pie\",\"delta\":12}}'
+   - upload a 10,000-line stock take (~150 KiB: it travels through the claim check), or use
+     the dashboard's upload form, and poll the resultUrl it answers:
+       (echo location,item,quantity; for i in $(seq 10000); do echo \"shop-$((i % 4)),pie-$((i % 50)),$((i % 7))\"; done) |
+         curl -X POST http://127.0.0.1:{WEB_PORT}/api/inventory/stocktakes \\
+           -H 'Authorization: Bearer dev-scanner-key' -H 'content-type: text/csv' --data-binary @-
    - make a backlog and watch the registrar scale from 0 and back after 20 s:
        for i in $(seq 300); do curl -s -o /dev/null -X POST http://127.0.0.1:{WEB_PORT}/api/registrations \\
          -H 'content-type: application/json' \\

@@ -235,17 +235,7 @@ pub async fn adjust(
     adjustment.validate().map_err(ApiError::Fields)?;
     let _admitted = state.admission.enter()?;
     let cfg = &state.config;
-    let text = serde_json::to_string(&adjustment)
-        .map_err(|e| ApiError::storage("cannot encode the adjustment", e))?;
-    cfg.sender
-        .send(
-            &cfg.inventory_queue,
-            &text,
-            "application/json",
-            cfg.message_ttl(&cfg.inventory_queue),
-        )
-        .await
-        .map_err(|e| ApiError::storage("cannot enqueue the adjustment", e))?;
+    super::enqueue(cfg, &cfg.inventory_queue, &adjustment, "adjustment").await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({ "commandId": adjustment.command_id })),

@@ -27,6 +27,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::AppConfig;
 use crate::metrics::{AppMetrics, RouteLabels};
+use crate::store::{self, Condition, Written};
 pub use inventory::InventoryCache;
 
 /// Shared by every request.
@@ -184,6 +185,46 @@ fn unavailable(message: &str, retry_after: &'static str) -> Response {
     rsp.headers_mut()
         .insert(header::RETRY_AFTER, HeaderValue::from_static(retry_after));
     rsp
+}
+
+/// Encodes `command` as JSON and enqueues it on `queue`, through the claim check when it is
+/// large; `what` names it in errors.
+async fn enqueue<T: serde::Serialize>(
+    config: &AppConfig,
+    queue: &str,
+    command: &T,
+    what: &str,
+) -> Result<(), ApiError> {
+    let text = serde_json::to_string(command)
+        .map_err(|e| ApiError::storage(&format!("cannot encode the {what}"), e))?;
+    config
+        .sender
+        .send(queue, &text, "application/json", config.message_ttl(queue))
+        .await
+        .map_err(|e| ApiError::storage(&format!("cannot enqueue the {what}"), e))?;
+    Ok(())
+}
+
+/// Creates a pending result blob (unless one exists: a resubmission) and returns its ETag,
+/// which travels with the command so the worker can write the answer without reading first.
+async fn create_result<T: serde::Serialize>(
+    config: &AppConfig,
+    blob: &str,
+    pending: &T,
+) -> Result<Option<String>, ApiError> {
+    let written = store::write(
+        &config.account,
+        &config.results_container,
+        blob,
+        pending,
+        Condition::Create,
+    )
+    .await
+    .map_err(|e| ApiError::storage("cannot create the result blob", e))?;
+    Ok(match written {
+        Written::Ok(etag) => etag.map(|e| e.to_string()),
+        Written::Conflict => None,
+    })
 }
 
 /// A read-only SAS URL for one result blob, as browsers reach it.

@@ -12,7 +12,6 @@ use time::{Duration, OffsetDateTime};
 
 use super::{ApiError, AppState};
 use crate::messages::RegistrationForm;
-use crate::store::{self, Condition, Written};
 use crate::worker::registration::{RegistrationResult, result_blob};
 
 /// How long a result URL stays valid.
@@ -36,30 +35,8 @@ pub async fn register(
 
     // NB: the blob first, so a worker always finds it; a failed enqueue leaves only a pending
     // blob nobody polls. Its ETag travels with the command (the worker then needs no read).
-    let written = store::write(
-        &cfg.account,
-        &cfg.results_container,
-        &blob,
-        &RegistrationResult::default(),
-        Condition::Create,
-    )
-    .await
-    .map_err(|e| ApiError::storage("cannot create the result blob", e))?;
-    if let Written::Ok(etag) = written {
-        command.result_etag = etag.map(|e| e.to_string());
-    }
-    let text = serde_json::to_string(&command)
-        .map_err(|e| ApiError::storage("cannot encode the command", e))?;
-    cfg.sender
-        .send(
-            &cfg.registration_queue,
-            &text,
-            "application/json",
-            cfg.message_ttl(&cfg.registration_queue),
-        )
-        .await
-        .map_err(|e| ApiError::storage("cannot enqueue the registration", e))?;
-
+    command.result_etag = super::create_result(cfg, &blob, &RegistrationResult::default()).await?;
+    super::enqueue(cfg, &cfg.registration_queue, &command, "registration").await?;
     let url = super::result_url(cfg, &blob).await?;
     Ok((
         StatusCode::ACCEPTED,

@@ -17,7 +17,6 @@ use serde_json::{Value, json};
 
 use super::{ApiError, AppState, STOCKTAKE_BODY_LIMIT};
 use crate::messages::StockTake;
-use crate::store::{self, Condition, Written};
 use crate::worker::stocktake::{StockTakeResult, result_blob};
 
 /// Query parameters of an upload.
@@ -107,29 +106,8 @@ pub async fn upload(
     let blob = result_blob(&take.stocktake_id);
     // NB: the pending result first, so the uploader can poll at once; a resubmission with the
     // same id finds it (and the worker counts the stock take once).
-    let written = store::write(
-        &cfg.account,
-        &cfg.results_container,
-        &blob,
-        &StockTakeResult::default(),
-        Condition::Create,
-    )
-    .await
-    .map_err(|e| ApiError::storage("cannot create the result blob", e))?;
-    if let Written::Ok(etag) = written {
-        take.result_etag = etag.map(|e| e.to_string());
-    }
-    let text = serde_json::to_string(&take)
-        .map_err(|e| ApiError::storage("cannot encode the stock take", e))?;
-    cfg.sender
-        .send(
-            &cfg.inventory_queue,
-            &text,
-            "application/json",
-            cfg.message_ttl(&cfg.inventory_queue),
-        )
-        .await
-        .map_err(|e| ApiError::storage("cannot enqueue the stock take", e))?;
+    take.result_etag = super::create_result(cfg, &blob, &StockTakeResult::default()).await?;
+    super::enqueue(cfg, &cfg.inventory_queue, &take, "stock take").await?;
     let url = super::result_url(cfg, &blob).await?;
     Ok((
         StatusCode::ACCEPTED,

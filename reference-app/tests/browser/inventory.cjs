@@ -1,5 +1,7 @@
-// Opens the dashboard in headless Chromium, posts a scanner command, and waits for the table
-// to show it without a reload (server-sent events).
+// Opens the dashboard in headless Chromium, posts scanner commands, and waits for the table
+// to show them without a reload (server-sent events); then uploads a 3,000-line stock take
+// (over the claim-check threshold) through the page's form and waits for its result and the
+// new stock.
 // Env: PLAYWRIGHT_CORE, CHROMIUM, WEB_URL, SCANNER_KEY, COMMAND_ID, SCREENSHOT (optional).
 const { chromium } = require(process.env.PLAYWRIGHT_CORE);
 
@@ -30,6 +32,23 @@ async function adjust(body) {
     await page.waitForFunction(() => {
       const cells = [...document.querySelectorAll("#stock tfoot td")].map((td) => td.textContent);
       return cells.join("|") === "Total|7|5";
+    }, null, { timeout: 60000 });
+    // 3,000 counted lines of harbour apple pies (~80 KiB: through the claim check) and one bad line.
+    const lines = ["location,item,quantity"];
+    for (let i = 0; i < 3000; i++) lines.push(`harbour,apple-pie,1`);
+    lines.push("harbour,apple-pie,many");
+    await page.fill("#stocktake input[name=key]", process.env.SCANNER_KEY);
+    await page.setInputFiles("#stocktake input[name=file]", {
+      name: "count.csv", mimeType: "text/csv", buffer: Buffer.from(lines.join("\n") + "\n"),
+    });
+    await page.click("#stocktake button");
+    await page.waitForFunction(() => {
+      const text = document.getElementById("stocktake-outcome").textContent;
+      return text.includes("Applied 3000 lines, rejected 1.") && text.includes("line 3002:");
+    }, null, { timeout: 60000 });
+    await page.waitForFunction(() => {
+      const cells = [...document.querySelectorAll("#stock tfoot td")].map((td) => td.textContent);
+      return cells.join("|") === "Total|3000|5";
     }, null, { timeout: 60000 });
     const same = await page.evaluate(() => window.__sameDocument === true);
     if (!same) throw new Error("the page reloaded instead of updating in place");

@@ -1,0 +1,99 @@
+//! Stock takes through the claim check: a 10,000-line CSV (~400 KiB, far over a queue
+//! message) posted to the web role until its result blob says applied, against the same
+//! lines sent as 10,000 small adjustment commands drained by the same worker.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+use crate::common::{Bench, Row, Runtime, fixed, median};
+use crate::drain::{Kind, worker_rate};
+
+/// A stock take of `n` lines over 10 shops and 20 pies (like the drain's adjustments).
+fn csv(n: usize) -> String {
+    let mut text = String::from("location,item,quantity\n");
+    for i in 0..n {
+        text.push_str(&format!(
+            "harbour-street-shop-{},morello-cherry-pie-{},{}\n",
+            i % 10,
+            i % 20,
+            i % 7
+        ));
+    }
+    text
+}
+
+/// Lines per second: from the POST to the result blob saying `applied`.
+async fn stocktake_rate(bench: &Bench, n: usize) -> Result<f64> {
+    let names = bench.provisioned().await?;
+    let runtime = Runtime::start(bench, &names, &fixed(0), &fixed(1)).await?;
+    runtime.worker_port("stocker").await?;
+    let http = reqwest::Client::new();
+    let body = csv(n);
+    let started = Instant::now();
+    let accepted: serde_json::Value = http
+        .post(format!("{}/api/inventory/stocktakes", runtime.web))
+        .bearer_auth("bench-key")
+        .header("content-type", "text/csv")
+        .body(body)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let url = accepted["resultUrl"]
+        .as_str()
+        .context("no resultUrl in the answer")?
+        .to_string();
+    let deadline = started + Duration::from_secs(300);
+    loop {
+        let result: serde_json::Value = http.get(&url).send().await?.json().await?;
+        match result["status"].as_str() {
+            Some("applied") => {
+                anyhow::ensure!(
+                    result["linesApplied"] == n,
+                    "applied {} of {n} lines",
+                    result["linesApplied"]
+                );
+                break;
+            }
+            Some("pending") => {}
+            other => anyhow::bail!("the stock take ended {other:?}: {result}"),
+        }
+        anyhow::ensure!(Instant::now() < deadline, "no result after 300 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    runtime.stop().await;
+    Ok(rate)
+}
+
+/// The stock-take row.
+pub async fn run(bench: &Bench) -> Result<Vec<Row>> {
+    let n = if bench.quick { 2_000 } else { 10_000 };
+    let (mut take, mut single) = (Vec::new(), Vec::new());
+    for _ in 0..bench.runs() {
+        take.push(bench.on_fresh(async |b| stocktake_rate(b, n).await).await?);
+        single.push(
+            bench
+                .on_fresh(async |b| worker_rate(b, Kind::Inventory, n).await)
+                .await?,
+        );
+        eprintln!(
+            "    run {}: stock take {:.0} lines/s, as adjustments {:.0} lines/s",
+            take.len(),
+            take[take.len() - 1],
+            single[single.len() - 1]
+        );
+    }
+    let (take, single) = (median(take), median(single));
+    let ratio = take / single;
+    Ok(vec![Row::new(
+        &format!("Stock take of {n} lines through the claim check (POST → result applied)"),
+        format!("{take:.0} lines/s"),
+        format!("{single:.0} lines/s (same lines as {n} adjustment commands, same worker)"),
+        format!("{ratio:.1}×"),
+        "≥ 1×",
+        Some(ratio >= 1.0),
+    )])
+}
