@@ -348,13 +348,18 @@ impl<H: Handler> Worker<H> {
         if work.is_empty() {
             return;
         }
+        let (stop_renewing, stop) = tokio::sync::oneshot::channel();
         let renewer = tokio::spawn(renew_visibility(
             self.queue.clone(),
             receipts.clone(),
             self.config.visibility_timeout,
+            stop,
         ));
         let outcomes = self.handler.handle(&commands).await;
-        renewer.abort();
+        let _ = stop_renewing.send(());
+        if let Err(e) = renewer.await {
+            tracing::error!(error = %e, "the visibility renewer ended abnormally");
+        }
         // Settled concurrently: one round trip for the batch, not one per message.
         let settled = work.iter().zip(&claims).zip(&commands).zip(outcomes).map(
             |(((message, claim), command), outcome)| {
@@ -477,18 +482,26 @@ impl<H: Handler> Worker<H> {
 }
 
 /// Renews the visibility of every message in `receipts` every third of the timeout, until
-/// aborted. Renewals run concurrently, so a slow storage service cannot make the last
+/// `stop` fires. Renewals run concurrently, so a slow storage service cannot make the last
 /// messages of a batch miss their deadline.
+///
+/// NB: stopped, not aborted: a renewal in flight may already have changed the pop receipt on
+/// the service, and only finishing it records the new one; the deletes that follow would
+/// otherwise fail with `PopReceiptMismatch` and the work be redone.
 async fn renew_visibility(
     queue: Arc<QueueClient>,
     receipts: Arc<Mutex<HashMap<String, String>>>,
     timeout: Duration,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
 ) {
     let period = (timeout / 3).max(Duration::from_millis(500));
     let seconds = i32::try_from(timeout.as_secs()).unwrap_or(i32::MAX);
     let popreceipt = azure_core::http::headers::HeaderName::from_static("x-ms-popreceipt");
     loop {
-        tokio::time::sleep(period).await;
+        tokio::select! {
+            () = tokio::time::sleep(period) => {}
+            _ = &mut stop => return,
+        }
         let current: Vec<(String, String)> = receipts
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -553,15 +566,18 @@ mod tests {
         let receipts: Arc<Mutex<HashMap<String, String>>> =
             Arc::new(Mutex::new(HashMap::from([(id.clone(), pop.clone())])));
 
+        let (stop_renewing, stop) = tokio::sync::oneshot::channel();
         let renewer = tokio::spawn(renew_visibility(
             queue.clone(),
             receipts.clone(),
             Duration::from_secs(2),
+            stop,
         ));
         // Well past the original 2 s timeout: still invisible thanks to the renewals.
         tokio::time::sleep(Duration::from_secs(5)).await;
         let visible = account.queue_depth(&name).await.unwrap().visible;
-        renewer.abort();
+        stop_renewing.send(()).unwrap();
+        renewer.await.unwrap();
         assert_eq!(
             visible,
             Some(0),
