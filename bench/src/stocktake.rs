@@ -1,6 +1,8 @@
-//! Stock takes through the claim check: a 10,000-line CSV (~400 KiB, far over a queue
-//! message) posted to the web role until its result blob says applied, against the same
-//! lines sent as 10,000 small adjustment commands drained by the same worker.
+//! Stock takes through the claim check: a 10,000-line CSV (~450 KiB, far over a queue
+//! message) posted to the web role until its result blob says applied, against lines sent as
+//! small adjustment commands and drained by the same worker. NB: the baseline drains 1,000
+//! adjustments, as the drain benchmark does: with 10,000 messages queued Azurite itself slows
+//! to a few dozen receives a second, which would measure Azurite, not the worker.
 
 use std::time::{Duration, Instant};
 
@@ -23,16 +25,26 @@ fn csv(n: usize) -> String {
     text
 }
 
-/// Lines per second: from the POST to the result blob saying `applied`.
+/// Lines per second of the second of two stock takes posted one after the other (the first
+/// wakes the worker from its idle backoff), from the POST to the result blob saying `applied`.
 async fn stocktake_rate(bench: &Bench, n: usize) -> Result<f64> {
     let names = bench.provisioned().await?;
     let runtime = Runtime::start(bench, &names, &fixed(0), &fixed(1)).await?;
     runtime.worker_port("stocker").await?;
     let http = reqwest::Client::new();
+    let mut rate = 0.0;
+    for _ in 0..2 {
+        rate = apply(&http, &runtime.web, n).await?;
+    }
+    runtime.stop().await;
+    Ok(rate)
+}
+
+async fn apply(http: &reqwest::Client, web: &str, n: usize) -> Result<f64> {
     let body = csv(n);
     let started = Instant::now();
     let accepted: serde_json::Value = http
-        .post(format!("{}/api/inventory/stocktakes", runtime.web))
+        .post(format!("{web}/api/inventory/stocktakes"))
         .bearer_auth("bench-key")
         .header("content-type", "text/csv")
         .body(body)
@@ -63,20 +75,22 @@ async fn stocktake_rate(bench: &Bench, n: usize) -> Result<f64> {
         anyhow::ensure!(Instant::now() < deadline, "no result after 300 s");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let rate = n as f64 / started.elapsed().as_secs_f64();
-    runtime.stop().await;
-    Ok(rate)
+    Ok(n as f64 / started.elapsed().as_secs_f64())
 }
 
 /// The stock-take row.
 pub async fn run(bench: &Bench) -> Result<Vec<Row>> {
-    let n = if bench.quick { 2_000 } else { 10_000 };
+    let (n, n_single) = if bench.quick {
+        (2_000, 300)
+    } else {
+        (10_000, 1_000)
+    };
     let (mut take, mut single) = (Vec::new(), Vec::new());
     for _ in 0..bench.runs() {
         take.push(bench.on_fresh(async |b| stocktake_rate(b, n).await).await?);
         single.push(
             bench
-                .on_fresh(async |b| worker_rate(b, Kind::Inventory, n).await)
+                .on_fresh(async |b| worker_rate(b, Kind::Inventory, n_single).await)
                 .await?,
         );
         eprintln!(
@@ -91,7 +105,7 @@ pub async fn run(bench: &Bench) -> Result<Vec<Row>> {
     Ok(vec![Row::new(
         &format!("Stock take of {n} lines through the claim check (POST → result applied)"),
         format!("{take:.0} lines/s"),
-        format!("{single:.0} lines/s (same lines as {n} adjustment commands, same worker)"),
+        format!("{single:.0} lines/s (lines as {n_single} adjustment commands, same worker)"),
         format!("{ratio:.1}×"),
         "≥ 1×",
         Some(ratio >= 1.0),
