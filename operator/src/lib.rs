@@ -16,6 +16,7 @@ pub mod local;
 pub mod manifest;
 pub mod metrics;
 pub mod plan;
+pub mod poison;
 pub mod scaler;
 pub mod shutdown;
 pub mod status;
@@ -61,6 +62,9 @@ pub enum Error {
     /// The status could not be written.
     #[error("cannot patch the status: {0}")]
     PatchStatus(kube::Error),
+    /// The `cqrs.dev/redrive` annotation could not be removed after a redrive.
+    #[error("cannot remove the cqrs.dev/redrive annotation: {0}")]
+    RemoveAnnotation(kube::Error),
     /// The object lacks what every stored object has (namespace, uid).
     #[error("the CqrsApp lacks {0}")]
     IncompleteObject(&'static str),
@@ -78,6 +82,7 @@ impl Error {
             Error::ApplyChild { .. } => "ApplyChild",
             Error::PruneChildren { .. } => "PruneChildren",
             Error::PatchStatus(_) => "PatchStatus",
+            Error::RemoveAnnotation(_) => "RemoveAnnotation",
             Error::IncompleteObject(_) => "IncompleteObject",
             Error::Finalizer(inner) => match inner.as_ref() {
                 kube::runtime::finalizer::Error::ApplyFailed(e)

@@ -35,12 +35,72 @@ enum Command {
         #[arg(long)]
         markdown: bool,
     },
+    /// See the messages of a queue's poison queue, or move them back onto the queue.
+    Poison {
+        #[command(subcommand)]
+        action: PoisonAction,
+    },
     /// Check a CqrsApp manifest the way the operator does, without a cluster.
     Validate {
         /// The manifest file.
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum PoisonAction {
+    /// Show the first messages of `<queue>-poison` without changing them.
+    List {
+        #[command(flatten)]
+        target: PoisonTarget,
+        /// How many to show (1-32).
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=32))]
+        max: u32,
+    },
+    /// Move messages of `<queue>-poison` back onto `<queue>`, oldest first, text byte for
+    /// byte: each is copied, then deleted (an interrupted redrive duplicates, never loses; run
+    /// it again to finish).
+    Redrive {
+        #[command(flatten)]
+        target: PoisonTarget,
+        /// Move at most this many.
+        #[arg(long, default_value_t = 1000)]
+        max: usize,
+        /// Only list what would be moved.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(clap::Args)]
+struct PoisonTarget {
+    /// The queue (its poison queue is `<queue>-poison`).
+    #[arg(long)]
+    queue: String,
+    /// Local: the CqrsApp manifest (storage through --connection-string).
+    #[arg(
+        short = 'f',
+        long = "file",
+        conflicts_with = "app",
+        required_unless_present = "app"
+    )]
+    file: Option<PathBuf>,
+    /// Local: the storage connection string (default: Azurite on its default ports).
+    #[arg(
+        long,
+        env = "CQRS_STORAGE_CONNECTION_STRING",
+        hide_env_values = true,
+        default_value = "UseDevelopmentStorage=true"
+    )]
+    connection_string: String,
+    /// Cluster: the CqrsApp's name; its storage settings and Secret are read with your
+    /// kubeconfig's permissions.
+    #[arg(long)]
+    app: Option<String>,
+    /// Cluster: the CqrsApp's namespace.
+    #[arg(long, short = 'n', default_value = "default")]
+    namespace: String,
 }
 
 #[derive(clap::Args)]
@@ -136,6 +196,7 @@ async fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Poison { action } => poison(action).await,
         Command::Validate { file } => match cqrs_operator::manifest::load(&file) {
             Ok(app) => {
                 println!(
@@ -211,6 +272,52 @@ async fn local(args: LocalArgs) -> ExitCode {
     };
     match cqrs_operator::local::run(options, cqrs_operator::shutdown::signal()).await {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn poison(action: PoisonAction) -> ExitCode {
+    use cqrs_operator::poison::{self, Source};
+    let target = match &action {
+        PoisonAction::List { target, .. } | PoisonAction::Redrive { target, .. } => target,
+    };
+    let source = match (&target.file, &target.app) {
+        (Some(file), _) => Source::Manifest {
+            file: file.clone(),
+            connection_string: target.connection_string.clone(),
+        },
+        (None, Some(app)) => Source::Cluster {
+            namespace: target.namespace.clone(),
+            app: app.clone(),
+        },
+        (None, None) => {
+            eprintln!("error: name the app: -f <manifest> (local) or --app <name> (cluster)");
+            return ExitCode::from(2);
+        }
+    };
+    let queue = &target.queue;
+    let result = async {
+        let (name, spec, account) = poison::connect(&source).await?;
+        poison::check_queue(&name, &spec, queue)?;
+        match &action {
+            PoisonAction::List { max, .. } => Ok(poison::listing(
+                queue,
+                &account.peek_poison(queue, *max).await?,
+            )),
+            PoisonAction::Redrive { max, dry_run, .. } => {
+                poison::redrive(&account, queue, *max, *dry_run).await
+            }
+        }
+    }
+    .await;
+    match result {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE

@@ -107,6 +107,8 @@ pub struct Metrics {
     pub reconcile_duration: Histogram,
     /// Approximate depth of each command queue at its last probe.
     pub queue_depth: Family<QueueLabels, Gauge>,
+    /// Approximate messages in each poison queue, at the last resync (`cqrs_poison_queue_depth`).
+    pub poison_queue_depth: Family<QueueLabels, Gauge>,
     /// Failed queue probes.
     pub probe_errors: Family<QueueLabels, Counter>,
     /// How long queue probes took.
@@ -136,6 +138,7 @@ impl Metrics {
         let reconcile_errors = Family::<ErrorLabels, Counter>::default();
         let reconcile_duration = Histogram::new(exponential_buckets(0.005, 2.0, 12));
         let queue_depth = Family::<QueueLabels, Gauge>::default();
+        let poison_queue_depth = Family::<QueueLabels, Gauge>::default();
         let probe_errors = Family::<QueueLabels, Counter>::default();
         let probe_duration = Histogram::new(exponential_buckets(0.001, 2.0, 14));
         let desired_replicas = Family::<WorkerLabels, Gauge>::default();
@@ -173,6 +176,11 @@ impl Metrics {
             queue_depth.clone(),
         );
         registry.register(
+            "poison_queue_depth",
+            "Approximate messages in the queue's poison queue at the last resync",
+            poison_queue_depth.clone(),
+        );
+        registry.register(
             "queue_probe_errors",
             "Queue probes that failed",
             probe_errors.clone(),
@@ -205,6 +213,7 @@ impl Metrics {
             reconcile_errors,
             reconcile_duration,
             queue_depth,
+            poison_queue_depth,
             probe_errors,
             probe_duration,
             desired_replicas,
@@ -265,6 +274,30 @@ impl Metrics {
         }
     }
 
+    /// Records the poison-queue count of each `(queue, count)` of `app` (`None`: unknown).
+    pub fn record_poison<'a>(
+        &self,
+        namespace: &str,
+        app: &str,
+        counts: impl IntoIterator<Item = (&'a str, Option<i64>)>,
+    ) {
+        for (queue, count) in counts {
+            let labels = QueueLabels {
+                namespace: namespace.into(),
+                app: app.into(),
+                queue: queue.into(),
+            };
+            match count {
+                Some(count) => {
+                    self.poison_queue_depth.get_or_create(&labels).set(count);
+                }
+                None => {
+                    self.poison_queue_depth.remove(&labels);
+                }
+            }
+        }
+    }
+
     /// Drops the series of an app's queues and workers (the app is gone, or they are).
     pub fn forget(&self, namespace: &str, app: &str, queues: &[String], workers: &[String]) {
         for queue in queues {
@@ -274,6 +307,7 @@ impl Metrics {
                 queue: queue.clone(),
             };
             self.queue_depth.remove(&labels);
+            self.poison_queue_depth.remove(&labels);
             self.probe_errors.remove(&labels);
         }
         for worker in workers {

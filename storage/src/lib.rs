@@ -6,6 +6,7 @@
 //! - [`queues`], [`blobs`]: idempotent operations (ensure/delete queues and containers, CORS,
 //!   queue depth).
 //! - [`claims`]: the claim check, commands of any size through a blob ([`claims::CommandSender`]).
+//! - [`poison`]: peek at poison queues and redrive them (copy back, then delete).
 //! - [`provision`]: the [`Provisioner`] interface the operator drives, implemented on the data
 //!   plane by [`StorageAccount`] and on the management plane by `arm::ArmProvisioner`.
 //! - [`contract`]: the environment variables the operator hands to the roles.
@@ -22,6 +23,7 @@ pub mod claims;
 pub mod connection;
 pub mod contract;
 pub mod credential;
+pub mod poison;
 pub mod provision;
 pub mod queues;
 pub mod sas;
@@ -164,6 +166,9 @@ pub enum Error {
         /// The SDK's reason.
         source: SdkError,
     },
+    /// The operation is not available on this storage.
+    #[error("{0}")]
+    Unsupported(String),
     /// Sending a message failed.
     #[error("cannot send a message to queue `{queue}`: {source}")]
     SendMessage {

@@ -121,11 +121,27 @@ impl Provisioner for StorageAccount {
 pub trait QueueProbe: Send + Sync {
     /// The current depth of `queue`.
     async fn queue_depth(&self, queue: &str) -> Result<QueueDepth, Error>;
+
+    /// Moves up to `max` messages of `queue`'s poison queue back onto it
+    /// ([`StorageAccount::redrive`]).
+    async fn redrive(&self, queue: &str, max: usize) -> Result<crate::poison::Redriven, Error> {
+        let _ = max;
+        Err(Error::Unsupported(format!(
+            "this storage cannot redrive the poison queue of {queue}"
+        )))
+    }
 }
 
 #[async_trait]
 impl QueueProbe for StorageAccount {
     async fn queue_depth(&self, queue: &str) -> Result<QueueDepth, Error> {
         StorageAccount::queue_depth(self, queue).await
+    }
+
+    async fn redrive(&self, queue: &str, max: usize) -> Result<crate::poison::Redriven, Error> {
+        StorageAccount::redrive(self, queue, max, crate::poison::REDRIVE_HOLD, |_| {
+            std::ops::ControlFlow::Continue(())
+        })
+        .await
     }
 }

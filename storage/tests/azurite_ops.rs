@@ -287,3 +287,98 @@ async fn cors_rules_are_merged_per_owner() {
         Some("https://blog.example")
     );
 }
+
+/// Texts of every message in `queue` (received and left to reappear: test queues are small).
+async fn texts(account: &StorageAccount, queue: &str) -> Vec<String> {
+    let options = azure_storage_queue::models::QueueClientPeekMessagesOptions {
+        number_of_messages: Some(32),
+        ..Default::default()
+    };
+    let mut texts: Vec<String> = account
+        .queue(queue)
+        .unwrap()
+        .peek_messages(Some(options))
+        .await
+        .unwrap()
+        .into_model()
+        .unwrap()
+        .items
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|m| m.message_text)
+        .collect();
+    texts.sort();
+    texts
+}
+
+#[tokio::test]
+async fn a_redrive_cut_between_copy_and_delete_duplicates_one_message_and_the_next_run_finishes() {
+    use std::ops::ControlFlow;
+    let azurite = TestAzurite::start().await;
+    let account = azurite.account();
+    let queue = unique_name("redrive");
+    account.ensure_queue_with_poison(&queue).await.unwrap();
+    let poison = poison_queue_name(&queue);
+    send(&account, &poison, 4).await;
+    // base64 text must go back as base64, byte for byte.
+    let b64 = "eyJjb21tYW5kSWQiOiJjNSJ9";
+    let client = account.queue(&poison).unwrap();
+    let msg = QueueMessage {
+        message_text: Some(b64.into()),
+    };
+    client
+        .send_message(msg.try_into().unwrap(), None)
+        .await
+        .unwrap();
+
+    let listed = account.peek_poison(&queue, 10).await.unwrap();
+    assert_eq!(listed.len(), 5);
+    assert_eq!(listed[0].text, "m0", "oldest first");
+    assert_eq!(listed[4].preview(200), r#"{"commandId":"c5"}"#);
+    assert_eq!(
+        account.peek_poison(&queue, 10).await.unwrap(),
+        listed,
+        "a peek changes nothing"
+    );
+
+    // "Crash" right after the first copy: it is now in both queues.
+    let hold = std::time::Duration::from_secs(1);
+    let cut = account
+        .redrive(&queue, 10, hold, |_| ControlFlow::Break(()))
+        .await
+        .unwrap();
+    assert!(cut.moved.is_empty());
+    assert_eq!(texts(&account, &queue).await, ["m0"]);
+    tokio::time::sleep(hold + std::time::Duration::from_millis(500)).await;
+    assert_eq!(
+        account.peek_poison(&queue, 10).await.unwrap().len(),
+        5,
+        "nothing lost"
+    );
+
+    // The next run moves everything; m0 arrives twice (the workers are idempotent).
+    let mut copied = vec![];
+    let done = account
+        .redrive(&queue, 10, hold, |id| {
+            copied.push(id.to_string());
+            ControlFlow::Continue(())
+        })
+        .await
+        .unwrap();
+    assert_eq!(done.moved.len(), 5);
+    assert_eq!(done.moved, copied);
+    assert!(done.not_deleted.is_empty());
+    let mut expected = vec!["m0", "m0", "m1", "m2", "m3", b64];
+    expected.sort();
+    assert_eq!(texts(&account, &queue).await, expected);
+    assert!(account.peek_poison(&queue, 10).await.unwrap().is_empty());
+
+    // --max bounds a run.
+    send(&account, &poison, 3).await;
+    let some = account
+        .redrive(&queue, 2, hold, |_| ControlFlow::Continue(()))
+        .await
+        .unwrap();
+    assert_eq!(some.moved.len(), 2);
+    assert_eq!(account.peek_poison(&queue, 10).await.unwrap().len(), 1);
+}

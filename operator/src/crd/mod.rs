@@ -45,6 +45,7 @@ pub const MAX_APP_NAME: usize = 59;
     doc = "A command/query application on Azure Storage queues and blobs, with autoscaled worker roles.",
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
     printcolumn(name = "Queue depth", type_ = "integer", json_path = ".status.totalQueueDepth", description = "Approximate messages in all command queues"),
+    printcolumn(name = "Poison", type_ = "integer", json_path = ".status.totalPoisonMessages", description = "Approximate messages in all poison queues"),
     printcolumn(name = "Workers", type_ = "string", json_path = ".status.workersSummary", description = "Worker replicas, current/desired"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = Rule::new("size(self.metadata.name) <= 59").message("metadata.name must be at most 59 characters (the web Service is named <name>-web)"),

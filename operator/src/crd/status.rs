@@ -38,6 +38,9 @@ pub struct CqrsAppStatus {
     /// Sum of the approximate depths of all command queues (for `kubectl get`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub total_queue_depth: Option<i64>,
+    /// Sum of the approximate counts of all poison queues (for `kubectl get`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_poison_messages: Option<i64>,
     /// Worker replicas over all roles as `current/desired` (for `kubectl get`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workers_summary: Option<String>,
@@ -58,6 +61,12 @@ pub struct QueueStatus {
     /// When the queue was last probed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_probe_time: Option<Time>,
+    /// Approximate messages in its poison queue (`<name>-poison`): commands that failed
+    /// `maxDequeueCount` times or could not be decoded. Read on the resync cadence, never on
+    /// the scaling path; absent when it could not be read. `cqrs-operator poison list|redrive`
+    /// shows and recovers them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub poison_message_count: Option<i64>,
     /// Why the last probe failed, if it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probe_error: Option<String>,

@@ -5,6 +5,7 @@ pub mod children;
 mod cleanup;
 mod provision;
 pub mod reconcile;
+pub mod redrive;
 pub mod scaling;
 pub mod storage;
 pub mod workers;
@@ -334,14 +335,17 @@ pub async fn run(client: Client, options: RunOptions) -> Result<(), RunError> {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     // NB: react to intent, not to our own writes: a status patch changes neither the
     // generation nor the finalizers, so it does not reconcile the app again (the resync and
-    // owned objects' changes do). Graceful deletion bumps the generation.
+    // owned objects' changes do). Graceful deletion bumps the generation; a redrive request is
+    // an annotation, so it is watched for on its own.
     let (reader, writer) = reflector::store();
     let app_events = watcher(apps, watcher::Config::default().any_semantic())
         .default_backoff()
         .reflect(writer)
         .applied_objects()
         .predicate_filter(
-            predicates::generation.combine(predicates::finalizers::<CqrsApp>),
+            predicates::generation
+                .combine(predicates::finalizers::<CqrsApp>)
+                .combine(redrive::requested),
             Default::default(),
         );
     let controller = Controller::for_stream(app_events, reader)

@@ -146,9 +146,19 @@ async fn apply(app: &CqrsApp, ctx: &Context) -> Result<Action, Error> {
         }
     };
 
+    super::redrive::handle(app, ctx, &connected).await?;
     let web = super::apply::apply_children(app, ctx, &owner, &connected).await?;
     super::apply::run_scalers(app, ctx, &owner, &connected);
     let status = compute_status(app, ctx, &owner, &connected, web).await;
+    ctx.metrics.record_poison(
+        &owner.namespace,
+        &owner.name,
+        status
+            .queues
+            .iter()
+            .map(|q| (q.name.as_str(), q.poison_message_count)),
+    );
+    warn_of_new_poison(app, ctx, &status).await;
     if find(app.status.as_ref(), condition::READY).is_some_and(|c| c.status != "True")
         && status_ready(&status)
     {
@@ -331,6 +341,40 @@ async fn warn_on_change(app: &CqrsApp, ctx: &Context, reason: &str, message: &st
     }
 }
 
+/// A Warning Event `MessagesPoisoned` for each queue whose poison queue grew since the stored
+/// status (at most one per queue per reconcile, so per resync when nothing else changes).
+async fn warn_of_new_poison(app: &CqrsApp, ctx: &Context, status: &CqrsAppStatus) {
+    for queue in &status.queues {
+        let Some(now) = queue.poison_message_count else {
+            continue;
+        };
+        let before = app
+            .status
+            .as_ref()
+            .and_then(|s| s.queues.iter().find(|q| q.name == queue.name))
+            .and_then(|q| q.poison_message_count)
+            .unwrap_or(0);
+        if now > before {
+            let poison = cqrs_storage::queues::poison_queue_name(&queue.name);
+            publish_as(
+                ctx,
+                app,
+                EventType::Warning,
+                "MessagesPoisoned",
+                &format!("Count {poison}"),
+                format!(
+                    "{} new message(s) in {poison} ({now} in all): see them with `cqrs-operator poison list --app {} -n {} --queue {}`, put them back with `poison redrive`",
+                    now - before,
+                    app.name_any(),
+                    app.namespace().unwrap_or_default(),
+                    queue.name
+                ),
+            )
+            .await;
+        }
+    }
+}
+
 /// Publishes an Event about `app` (its note cut to 1000 bytes).
 pub(super) async fn publish(
     ctx: &Context,
@@ -339,11 +383,24 @@ pub(super) async fn publish(
     reason: &str,
     note: String,
 ) {
+    publish_as(ctx, app, type_, reason, "Reconcile", note).await;
+}
+
+/// The same with its own `action`: the recorder folds repeats of one (type, reason, action)
+/// into a series, so Events about different queues need different actions.
+pub(super) async fn publish_as(
+    ctx: &Context,
+    app: &CqrsApp,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
     let event = KubeEvent {
         type_,
         reason: reason.into(),
         note: Some(truncate(note)),
-        action: "Reconcile".into(),
+        action: action.chars().take(128).collect(),
         secondary: None,
     };
     if let Err(e) = ctx.recorder.publish(&event, &app.object_ref(&())).await {

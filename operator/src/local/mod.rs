@@ -214,6 +214,47 @@ pub(crate) struct Running {
     account: StorageAccount,
 }
 
+/// How often the local runtime counts the poison queues (the operator's resync cadence).
+const POISON_CHECK: Duration = Duration::from_secs(60);
+
+/// Counts each poison queue every [`POISON_CHECK`]; logs growth with the commands to look at
+/// and redrive the messages, and keeps `cqrs_poison_queue_depth` current.
+async fn watch_poison(running: Arc<Running>, manifest: String) {
+    let name = running.app.metadata.name.clone().unwrap_or_default();
+    let mut seen: std::collections::BTreeMap<String, u64> = Default::default();
+    loop {
+        for queue in &running.app.spec.queues {
+            let poison = cqrs_storage::queues::poison_queue_name(&queue.name);
+            let count = running
+                .account
+                .queue_depth(&poison)
+                .await
+                .ok()
+                .map(|d| d.approximate);
+            running.metrics.record_poison(
+                "local",
+                &name,
+                [(
+                    queue.name.as_str(),
+                    count.and_then(|c| i64::try_from(c).ok()),
+                )],
+            );
+            let Some(count) = count else { continue };
+            let before = seen.insert(queue.name.clone(), count).unwrap_or(0);
+            if count > before {
+                eprintln!(
+                    "[runtime] {}: {} new message(s) in {poison} ({count} in all); see them: cqrs-operator poison list -f {manifest} --queue {}; put them back: cqrs-operator poison redrive -f {manifest} --queue {}",
+                    queue.name,
+                    count - before,
+                    queue.name,
+                    queue.name
+                );
+            }
+        }
+        tokio::time::sleep(POISON_CHECK).await;
+    }
+}
+
 /// Runs the app until `shutdown` resolves, then stops every process gracefully.
 pub async fn run(
     options: LocalOptions,
@@ -366,7 +407,12 @@ pub async fn run(
         options.status_addr
     );
 
+    let poison = tokio::spawn(watch_poison(
+        running.clone(),
+        options.manifest.display().to_string(),
+    ));
     shutdown.await;
+    poison.abort();
     eprintln!("[runtime] stopping: workers finish their in-flight messages");
     running.scalers.retain(|_| false);
     let stops = running.workers.iter().map(|(_, p)| p.stop_all());

@@ -108,6 +108,15 @@ pub async fn queues(
             }
             Err(e) => status.probe_error = Some(e.to_string()),
         }
+        // NB: a missing or unreadable poison queue is reported as unknown, nothing more.
+        let poison = cqrs_storage::queues::poison_queue_name(&queue.name);
+        status.poison_message_count = match probe.queue_depth(&poison).await {
+            Ok(depth) => i64::try_from(depth.approximate).ok(),
+            Err(e) => {
+                tracing::debug!(queue = %poison, "cannot count the poison queue: {e}");
+                None
+            }
+        };
         status.last_probe_time = Some(to_time(at));
         out.push(status);
     }
@@ -127,7 +136,8 @@ pub fn workers_check(problems: &[String], roles: usize) -> Check {
     }
 }
 
-/// The status with its totals (`totalQueueDepth`, `workersSummary` as `current/desired`).
+/// The status with its totals (`totalQueueDepth`, `totalPoisonMessages`, `workersSummary` as
+/// `current/desired`).
 pub fn assemble(
     conditions: Vec<Condition>,
     queues: Vec<QueueStatus>,
@@ -139,6 +149,10 @@ pub fn assemble(
         .iter()
         .filter_map(|q| q.approximate_message_count)
         .sum::<i64>();
+    let poisoned = queues
+        .iter()
+        .filter_map(|q| q.poison_message_count)
+        .sum::<i64>();
     let (current, desired) = workers.iter().fold((0, 0), |(c, d), w| {
         (c + w.current_replicas, d + w.desired_replicas)
     });
@@ -149,6 +163,7 @@ pub fn assemble(
         workers,
         web_endpoint,
         total_queue_depth: Some(total),
+        total_poison_messages: Some(poisoned),
         workers_summary: Some(format!("{current}/{desired}")),
     }
 }

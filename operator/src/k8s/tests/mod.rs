@@ -34,6 +34,8 @@ struct FakeStorage {
     calls: Mutex<Vec<String>>,
     connect_problem: Mutex<Option<StorageProblem>>,
     depth: AtomicU64,
+    /// Messages in every poison queue.
+    poison_depth: AtomicU64,
 }
 
 impl FakeStorage {
@@ -94,11 +96,32 @@ impl Provisioner for FakeProvisioner {
 
 #[async_trait]
 impl QueueProbe for FakeProvisioner {
-    async fn queue_depth(&self, _: &str) -> Result<QueueDepth, cqrs_storage::Error> {
-        let n = self.0.depth.load(Ordering::SeqCst);
+    async fn queue_depth(&self, name: &str) -> Result<QueueDepth, cqrs_storage::Error> {
+        let n = if name.ends_with(cqrs_storage::queues::POISON_SUFFIX) {
+            self.0.poison_depth.load(Ordering::SeqCst)
+        } else {
+            self.0.depth.load(Ordering::SeqCst)
+        };
         Ok(QueueDepth {
             approximate: n,
             visible: Some(n),
+        })
+    }
+
+    async fn redrive(
+        &self,
+        queue: &str,
+        max: usize,
+    ) -> Result<cqrs_storage::poison::Redriven, cqrs_storage::Error> {
+        self.0
+            .calls
+            .lock()
+            .unwrap()
+            .push(format!("redrive {queue} {max}"));
+        let n = self.0.poison_depth.swap(0, Ordering::SeqCst);
+        Ok(cqrs_storage::poison::Redriven {
+            moved: (0..n).map(|i| format!("m{i}")).collect(),
+            not_deleted: vec![],
         })
     }
 }
@@ -530,5 +553,95 @@ async fn a_failing_child_apply_is_an_error_naming_the_object() {
         err.to_string()
             .contains("cannot apply Deployment pieshop-web"),
         "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_growing_poison_queue_is_counted_and_warned_about_once() {
+    let s = scenario();
+    s.storage.poison_depth.store(3, Ordering::SeqCst);
+    s.reconcile(stored_app()).await.unwrap();
+    let status = &s.object(APP_PATH)["status"];
+    assert_eq!(status["queues"][0]["poisonMessageCount"], 3);
+    assert_eq!(status["totalPoisonMessages"], 6, "two queues, 3 each");
+    let poisoned: Vec<_> = s
+        .api
+        .events()
+        .into_iter()
+        .filter(|(t, r, _)| t == "Warning" && r == "MessagesPoisoned")
+        .collect();
+    assert_eq!(poisoned.len(), 2, "one per queue: {poisoned:?}");
+    assert!(
+        poisoned[0]
+            .2
+            .contains("3 new message(s) in registrations-poison")
+            && poisoned[0]
+                .2
+                .contains("cqrs-operator poison list --app pieshop -n shop --queue registrations"),
+        "{poisoned:?}"
+    );
+    let metrics = s.ctx.metrics.encode();
+    assert!(
+        metrics.contains(
+            r#"cqrs_poison_queue_depth{namespace="shop",app="pieshop",queue="inventory"} 3"#
+        ),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn the_redrive_annotation_moves_the_messages_once_and_is_removed() {
+    let s = scenario();
+    s.storage.poison_depth.store(2, Ordering::SeqCst);
+    let mut a = stored_app();
+    a.metadata.annotations = Some(
+        [(
+            super::redrive::ANNOTATION.to_string(),
+            "inventory".to_string(),
+        )]
+        .into(),
+    );
+    s.reconcile(a).await.unwrap();
+    let calls = s.storage.calls();
+    assert!(
+        calls.contains(&"redrive inventory 1000".to_string()),
+        "{calls:?}"
+    );
+    let events = s.api.events();
+    assert!(
+        events.iter().any(|(t, r, note)| t == "Normal"
+            && r == "Redriven"
+            && note == "moved 2 message(s) from inventory-poison back to inventory"),
+        "{events:?}"
+    );
+    let removed = s
+        .api
+        .calls()
+        .into_iter()
+        .find(|c| {
+            c.method == "PATCH"
+                && c.path.ends_with("/cqrsapps/pieshop")
+                && c.body
+                    .as_ref()
+                    .is_some_and(|b| b["metadata"]["annotations"].is_object())
+        })
+        .expect("the annotation is removed");
+    assert_eq!(
+        removed.body.unwrap()["metadata"]["annotations"]["cqrs.dev/redrive"],
+        Value::Null
+    );
+
+    let mut unknown = stored_app();
+    unknown.metadata.annotations =
+        Some([(super::redrive::ANNOTATION.to_string(), "nope".to_string())].into());
+    s.reconcile(unknown).await.unwrap();
+    assert!(
+        s.api.events().iter().any(|(t, r, note)| t == "Warning"
+            && r == "RedriveFailed"
+            && note.contains(
+                "\"nope\" names no queue of this app (its queues: registrations, inventory)"
+            )),
+        "{:?}",
+        s.api.events()
     );
 }
