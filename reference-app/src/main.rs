@@ -151,11 +151,23 @@ async fn run_worker(env: &Env) -> Result<(), String> {
     tracing::info!(%queue, port = config.port, "worker role started");
     let account = config.account.clone();
     if queue == config.registration_queue {
-        let handler = Arc::new(Registrations::new(
-            account.clone(),
-            config.results_container.clone(),
-            config.readmodel_container.clone(),
-        ));
+        let email_down = env
+            .parse_or(worker::registration::EMAIL_SERVICE_DOWN, false)
+            .map_err(|e| format!("{e} (true or false)"))?;
+        if email_down {
+            tracing::warn!(
+                "{}=true: every registration fails and ends in the poison queue",
+                worker::registration::EMAIL_SERVICE_DOWN
+            );
+        }
+        let handler = Arc::new(
+            Registrations::new(
+                account.clone(),
+                config.results_container.clone(),
+                config.readmodel_container.clone(),
+            )
+            .with_email_down(email_down),
+        );
         let worker =
             Worker::new(&account, worker_config, handler, metrics).map_err(|e| e.to_string())?;
         Arc::new(worker).run(shutdown).await;

@@ -29,13 +29,23 @@ pub struct RegistrationResult {
     /// Why the registration was refused, if it was.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The error is not final: the command was poisoned (something it needs was down) and a
+    /// redrive will handle it again, writing the token into this same blob.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub retryable: bool,
 }
 
 impl RegistrationResult {
+    /// A token or a final refusal: a redelivered command has nothing left to do.
     fn finished(&self) -> bool {
-        self.registration_token.is_some() || self.error.is_some()
+        self.registration_token.is_some() || (self.error.is_some() && !self.retryable)
     }
 }
+
+/// Env var of the worker: while set to `true`, the "email service" is down and every
+/// registration fails (for now), so it is retried and finally poisoned: the reference app's
+/// way to show a poison queue filling and a redrive emptying it.
+pub const EMAIL_SERVICE_DOWN: &str = "EMAIL_SERVICE_DOWN";
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -60,6 +70,7 @@ pub struct Registrations {
     account: cqrs_storage::StorageAccount,
     results: String,
     readmodels: String,
+    email_down: bool,
 }
 
 impl Registrations {
@@ -69,7 +80,14 @@ impl Registrations {
             account,
             results,
             readmodels,
+            email_down: false,
         }
+    }
+
+    /// The same with the email service down ([`EMAIL_SERVICE_DOWN`]).
+    pub fn with_email_down(mut self, down: bool) -> Self {
+        self.email_down = down;
+        self
     }
 
     async fn register(&self, cmd: &RegisterCommand) -> Result<Outcome, StoreError> {
@@ -86,6 +104,7 @@ impl Registrations {
                 RegistrationResult {
                     registration_token: None,
                     error: Some(format!("invalid registration: {reason}")),
+                    retryable: false,
                 },
             )
             .await?;
@@ -107,6 +126,11 @@ impl Registrations {
             }
         };
 
+        if self.email_down {
+            return Ok(Outcome::Retry(format!(
+                "the email service is down ({EMAIL_SERVICE_DOWN}=true); retried, then poisoned"
+            )));
+        }
         let claim = EmailClaim {
             registration_id: cmd.id.clone(),
         };
@@ -130,22 +154,39 @@ impl Registrations {
         let result = if ours {
             RegistrationResult {
                 registration_token: Some(new_token()),
-                error: None,
+                ..Default::default()
             }
         } else {
             RegistrationResult {
-                registration_token: None,
                 error: Some(format!("{} is already registered", cmd.email)),
+                ..Default::default()
             }
         };
         let condition = etag.map_or(Condition::Create, Condition::Match);
         match store::write(&self.account, &self.results, &blob, &result, condition).await? {
             Written::Ok(_) => Ok(Outcome::Done),
-            // Another worker finished this registration first: check it did.
+            // Another worker finished this registration first (check it did), or a poisoned
+            // attempt left a retryable error, which this answer replaces.
             Written::Conflict => {
                 match store::read::<RegistrationResult>(&self.account, &self.results, &blob).await?
                 {
                     Some((r, _)) if r.finished() => Ok(Outcome::Done),
+                    Some((r, Some(current))) if r.retryable => {
+                        match store::write(
+                            &self.account,
+                            &self.results,
+                            &blob,
+                            &result,
+                            Condition::Match(current),
+                        )
+                        .await?
+                        {
+                            Written::Ok(_) => Ok(Outcome::Done),
+                            Written::Conflict => Ok(Outcome::Retry(
+                                "the result blob changed underneath; retrying".into(),
+                            )),
+                        }
+                    }
                     _ => Ok(Outcome::Retry(
                         "the result blob changed underneath; retrying".into(),
                     )),
@@ -218,7 +259,11 @@ impl Handler for Arc<Registrations> {
         // NB: the browser is polling this blob; give it an answer so it stops waiting.
         let result = RegistrationResult {
             registration_token: None,
-            error: Some("the registration could not be processed; please try again later".into()),
+            error: Some(
+                "the registration could not be processed yet; it is kept and will be retried"
+                    .into(),
+            ),
+            retryable: true,
         };
         if let Err(e) = self.finish(cmd, result).await {
             tracing::warn!(registration = %cmd.id, "cannot write the error result after poisoning ({reason}): {e}");
