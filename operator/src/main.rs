@@ -303,10 +303,18 @@ async fn poison(action: PoisonAction) -> ExitCode {
         let (name, spec, account) = poison::connect(&source).await?;
         poison::check_queue(&name, &spec, queue)?;
         match &action {
-            PoisonAction::List { max, .. } => Ok(poison::listing(
-                queue,
-                &account.peek_poison(queue, *max).await?,
-            )),
+            PoisonAction::List { max, .. } => {
+                let tries = spec
+                    .queues
+                    .iter()
+                    .find(|q| &q.name == queue)
+                    .map_or(5, |q| q.max_dequeue_count);
+                Ok(poison::listing(
+                    queue,
+                    tries,
+                    &account.peek_poison(queue, *max).await?,
+                ))
+            }
             PoisonAction::Redrive { max, dry_run, .. } => {
                 poison::redrive(&account, queue, *max, *dry_run).await
             }

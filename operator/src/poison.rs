@@ -147,8 +147,8 @@ pub fn check_queue(app: &str, spec: &CqrsAppSpec, queue: &str) -> Result<(), Poi
     })
 }
 
-/// The listing `poison list` prints.
-pub fn listing(queue: &str, messages: &[PoisonMessage]) -> String {
+/// The listing `poison list` prints; `max_dequeue_count` is the queue's.
+pub fn listing(queue: &str, max_dequeue_count: u32, messages: &[PoisonMessage]) -> String {
     let mut out = String::new();
     let poison = cqrs_storage::queues::poison_queue_name(queue);
     if messages.is_empty() {
@@ -157,8 +157,11 @@ pub fn listing(queue: &str, messages: &[PoisonMessage]) -> String {
     }
     let _ = writeln!(
         out,
-        "{} message(s) at the head of {poison} (oldest first):",
-        messages.len()
+        "{} message(s) at the head of {poison} (oldest first); each was tried {} times \
+         (maxDequeueCount {max_dequeue_count} + 1), or once if it could not be decoded \
+         (the worker's log says which):",
+        messages.len(),
+        max_dequeue_count + 1
     );
     for m in messages {
         let inserted = m

@@ -141,6 +141,11 @@ async fn workers_scale_up_drain_a_backlog_lose_nothing_when_killed_and_return_to
         .to_string();
     assert!(reason.starts_with("scale to zero"), "{reason}");
     assert_eq!(final_status["queues"][0]["approximateMessageCount"], 0);
+    assert_eq!(
+        final_status["queues"][0]["poisonMessageCount"], 0,
+        "{final_status}"
+    );
+    assert_eq!(final_status["totalPoisonMessages"], 0, "{final_status}");
     let metrics = reqwest::get(format!("http://{status_addr}/metrics"))
         .await
         .unwrap()
@@ -148,6 +153,10 @@ async fn workers_scale_up_drain_a_backlog_lose_nothing_when_killed_and_return_to
         .await
         .unwrap();
     assert!(metrics.contains("cqrs_scaling_decisions_total{namespace=\"local\",app=\"localtest\",worker=\"registrar\",direction=\"up\"}"), "{metrics}");
+    assert!(
+        metrics.contains("cqrs_poison_queue_depth{namespace=\"local\",app=\"localtest\""),
+        "{metrics}"
+    );
 
     runtime.stop().await;
 }

@@ -97,6 +97,10 @@ fn banner() {
        (echo location,item,quantity; for i in $(seq 10000); do echo \"shop-$((i % 4)),pie-$((i % 50)),$((i % 7))\"; done) |
          curl -X POST http://127.0.0.1:{WEB_PORT}/api/inventory/stocktakes \\
            -H 'Authorization: Bearer dev-scanner-key' -H 'content-type: text/csv' --data-binary @-
+   - poison registrations and recover them: restart with EMAIL_SERVICE_DOWN=true in the
+     registrar's env, register, then (after switching it off)
+       target/debug/cqrs-operator poison list -f examples/pieshop-azurite.yaml --queue registrations
+       target/debug/cqrs-operator poison redrive -f examples/pieshop-azurite.yaml --queue registrations
    - make a backlog and watch the registrar scale from 0 and back after 20 s:
        for i in $(seq 300); do curl -s -o /dev/null -X POST http://127.0.0.1:{WEB_PORT}/api/registrations \\
          -H 'content-type: application/json' \\

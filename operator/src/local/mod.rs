@@ -406,6 +406,10 @@ pub async fn run(
         "[runtime] status: http://{}/status (metrics: /metrics)",
         options.status_addr
     );
+    eprintln!(
+        "[runtime] poison messages: cqrs-operator poison list -f {0} --queue <queue>; put them back: cqrs-operator poison redrive -f {0} --queue <queue>",
+        options.manifest.display()
+    );
 
     let poison = tokio::spawn(watch_poison(
         running.clone(),

@@ -170,7 +170,8 @@ impl Harness {
         .expect("an account")
     }
 
-    /// The baseline app `shop` with queue and container names of this test's own (the
+    /// The baseline app `shop` with queue and container names (claim-check container
+    /// included) of this test's own (the
     /// Azurite may be shared), the stocker rate limited, and no CORS rule: CORS is
     /// account-wide and Azure allows five rules, so only tests on a private Azurite add one.
     pub fn test_app(&self) -> CqrsApp {
@@ -200,6 +201,11 @@ impl Harness {
         a.spec.containers[0].name = format!("res-{suffix}");
         a.spec.containers[0].cors = None;
         a.spec.containers[1].name = format!("rm-{suffix}");
+        // NB: the default `<app>-claims` would be shared by every test's `shop`.
+        a.spec.claim_check = Some(cqrs_operator::crd::ClaimCheckSpec {
+            container: Some(format!("claims-{suffix}")),
+            threshold_bytes: cqrs_storage::claims::DEFAULT_THRESHOLD_BYTES,
+        });
         a.spec.workers[1].max_messages_per_second = Some(10);
         a
     }

@@ -11,6 +11,7 @@ mod harness;
 mod leader;
 mod lifecycle;
 mod operator;
+mod poison;
 mod scaling;
 mod support;
 mod workloads;
