@@ -86,14 +86,9 @@ struct PoisonTarget {
         required_unless_present = "app"
     )]
     file: Option<PathBuf>,
-    /// Local: the storage connection string (default: Azurite on its default ports).
-    #[arg(
-        long,
-        env = "CQRS_STORAGE_CONNECTION_STRING",
-        hide_env_values = true,
-        default_value = "UseDevelopmentStorage=true"
-    )]
-    connection_string: String,
+    /// Local: where the app's storage is.
+    #[command(flatten)]
+    storage: StorageArgs,
     /// Cluster: the CqrsApp's name; its storage settings and Secret are read with your
     /// kubeconfig's permissions.
     #[arg(long)]
@@ -101,6 +96,19 @@ struct PoisonTarget {
     /// Cluster: the CqrsApp's namespace.
     #[arg(long, short = 'n', default_value = "default")]
     namespace: String,
+}
+
+/// The storage of a local app.
+#[derive(clap::Args)]
+struct StorageArgs {
+    /// Storage connection string (default: Azurite on its default ports).
+    #[arg(
+        long,
+        env = "CQRS_STORAGE_CONNECTION_STRING",
+        hide_env_values = true,
+        default_value = "UseDevelopmentStorage=true"
+    )]
+    connection_string: String,
 }
 
 #[derive(clap::Args)]
@@ -147,14 +155,8 @@ struct LocalArgs {
     /// worker role without its own.
     #[arg(long = "run", value_name = "ROLE=PATH", value_parser = parse_run, required = true)]
     runs: Vec<(String, PathBuf)>,
-    /// Storage connection string (default: Azurite on its default ports).
-    #[arg(
-        long,
-        env = "CQRS_STORAGE_CONNECTION_STRING",
-        hide_env_values = true,
-        default_value = "UseDevelopmentStorage=true"
-    )]
-    connection_string: String,
+    #[command(flatten)]
+    storage: StorageArgs,
     /// Where /status, /metrics and /healthz are served.
     #[arg(long, default_value = "127.0.0.1:9090")]
     status_addr: SocketAddr,
@@ -256,7 +258,7 @@ async fn run(args: RunArgs) -> ExitCode {
 
 async fn local(args: LocalArgs) -> ExitCode {
     telemetry::init(LogFormat::Text);
-    let connection_string = match cqrs_storage::ConnectionString::parse(&args.connection_string) {
+    let connection_string = match cqrs_storage::ConnectionString::parse(&args.storage.connection_string) {
         Ok(cs) => cs,
         Err(e) => {
             eprintln!("error: --connection-string: {e}");
@@ -287,7 +289,7 @@ async fn poison(action: PoisonAction) -> ExitCode {
     let source = match (&target.file, &target.app) {
         (Some(file), _) => Source::Manifest {
             file: file.clone(),
-            connection_string: target.connection_string.clone(),
+            connection_string: target.storage.connection_string.clone(),
         },
         (None, Some(app)) => Source::Cluster {
             namespace: target.namespace.clone(),
