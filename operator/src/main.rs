@@ -258,13 +258,14 @@ async fn run(args: RunArgs) -> ExitCode {
 
 async fn local(args: LocalArgs) -> ExitCode {
     telemetry::init(LogFormat::Text);
-    let connection_string = match cqrs_storage::ConnectionString::parse(&args.storage.connection_string) {
-        Ok(cs) => cs,
-        Err(e) => {
-            eprintln!("error: --connection-string: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let connection_string =
+        match cqrs_storage::ConnectionString::parse(&args.storage.connection_string) {
+            Ok(cs) => cs,
+            Err(e) => {
+                eprintln!("error: --connection-string: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
     let options = cqrs_operator::local::LocalOptions {
         manifest: args.file,
         runs: args.runs.into_iter().collect(),
