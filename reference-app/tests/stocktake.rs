@@ -338,11 +338,12 @@ async fn orphaned_claim_blobs_are_swept_after_the_message_ttl_and_poisoned_ones_
         app.names.claims.clone(),
         1024,
     );
-    // Two references whose messages expire (1 s) before any worker sees them: their blobs are
-    // orphans. One is marked poisoned.
+    // Three references whose messages expire (1 s) before any worker sees them: their blobs
+    // are orphans. One is marked poisoned now, one was marked 8 days ago (its poison copy has
+    // expired too).
     let big = "x".repeat(4096);
     let mut claims = vec![];
-    for _ in 0..2 {
+    for _ in 0..3 {
         match sender
             .send(&app.names.inventory, &big, "text/plain", 1)
             .await
@@ -353,16 +354,26 @@ async fn orphaned_claim_blobs_are_swept_after_the_message_ttl_and_poisoned_ones_
         }
     }
     app.account.mark_claim_poisoned(&claims[1]).await.unwrap();
-    wait_until("both messages expired", || async {
+    let long_ago = (time::OffsetDateTime::now_utc() - time::Duration::days(8)).unix_timestamp();
+    app.account
+        .blob(&claims[2].container, &claims[2].blob)
+        .set_metadata(
+            &[(POISONED_METADATA.to_string(), long_ago.to_string())].into(),
+            None,
+        )
+        .await
+        .unwrap();
+    wait_until("the messages expired", || async {
         app.peek(&app.names.inventory).await.is_empty()
     })
     .await;
-    assert_eq!(claim_blobs(&app).await.len(), 2);
+    assert_eq!(claim_blobs(&app).await.len(), 3);
 
     app.start_worker("stocker", &[]).await;
-    wait_until("the orphan swept (ttl 2 s + margin)", || async {
-        claim_blobs(&app).await == [claims[1].blob.clone()]
-    })
+    wait_until(
+        "the orphan and the long-poisoned one swept (ttl 2 s + margin)",
+        || async { claim_blobs(&app).await == [claims[1].blob.clone()] },
+    )
     .await;
     // Still there a few sweeps later: poisoned blobs live as long as their poison copy.
     tokio::time::sleep(std::time::Duration::from_secs(3)).await;

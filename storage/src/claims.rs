@@ -44,7 +44,8 @@ pub const MIN_THRESHOLD_BYTES: u32 = 1024;
 pub const MAX_THRESHOLD_BYTES: u32 = 48 * 1024;
 /// Largest claimed body a worker reads into memory; a bigger one is poisoned.
 pub const MAX_BODY_BYTES: u64 = 64 * 1024 * 1024;
-/// Metadata key set on the blob of a poisoned message (its value: Unix seconds).
+/// Metadata key set on the blob of a poisoned message, and refreshed when it is redriven (its
+/// value: Unix seconds); the sweep keeps the blob [`POISONED_RETENTION`] from then.
 pub const POISONED_METADATA: &str = "cqrspoisoned";
 /// How long a poisoned message's blob is kept: the time-to-live of the poison copy (Azure's
 /// default of 7 days, which the workers give it).
@@ -392,7 +393,8 @@ impl StorageAccount {
         }
     }
 
-    /// Marks the blob of a poisoned command, so the sweep keeps it as long as its poison copy.
+    /// Marks the blob of a poisoned (or redriven) command with the time, so the sweep keeps it
+    /// as long as the message's copy lives.
     pub async fn mark_claim_poisoned(&self, claim: &ClaimCheck) -> Result<(), Error> {
         let metadata = HashMap::from([(
             POISONED_METADATA.to_string(),
@@ -449,18 +451,26 @@ impl StorageAccount {
                     .properties
                     .as_ref()
                     .and_then(|p| p.creation_time.or(p.last_modified));
-                let poisoned = item
+                // NB: a poisoned blob counts from when it was marked (poisoned, or redriven).
+                let marked = item
                     .metadata
                     .as_ref()
                     .and_then(|m| m.values.as_ref())
-                    .is_some_and(|v| v.contains_key(POISONED_METADATA));
-                let keep_for = if poisoned {
-                    Some(POISONED_RETENTION)
-                } else {
-                    message_ttl.map(|ttl| ttl + ttl.min(Duration::from_secs(60)))
+                    .and_then(|v| v.get(POISONED_METADATA))
+                    .map(|at| {
+                        at.parse::<i64>()
+                            .ok()
+                            .and_then(|t| OffsetDateTime::from_unix_timestamp(t).ok())
+                    });
+                let (since, keep_for) = match marked {
+                    Some(at) => (at.or(created), Some(POISONED_RETENTION)),
+                    None => (
+                        created,
+                        message_ttl.map(|ttl| ttl + ttl.min(Duration::from_secs(60))),
+                    ),
                 };
-                let expired = match (created, keep_for) {
-                    (Some(created), Some(keep_for)) => created + keep_for < now,
+                let expired = match (since, keep_for) {
+                    (Some(since), Some(keep_for)) => since + keep_for < now,
                     _ => false,
                 };
                 if !expired {

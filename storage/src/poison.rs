@@ -144,8 +144,14 @@ impl StorageAccount {
                 let (Some(id), Some(pop)) = (m.message_id, m.pop_receipt) else {
                     continue;
                 };
+                let text = m.message_text.unwrap_or_default();
+                // NB: a redriven claim check's blob must outlive the new message (7 days
+                // from now), not the old one: refresh its mark before the copy.
+                if let Some(Ok(claim)) = crate::claims::ClaimCheck::parse(&text) {
+                    self.mark_claim_poisoned(&claim).await?;
+                }
                 let copy = QueueMessage {
-                    message_text: Some(m.message_text.unwrap_or_default()),
+                    message_text: Some(text),
                 };
                 let send_err = |e| Error::SendMessage {
                     queue: queue.into(),

@@ -382,3 +382,50 @@ async fn a_redrive_cut_between_copy_and_delete_duplicates_one_message_and_the_ne
     assert_eq!(some.moved.len(), 2);
     assert_eq!(account.peek_poison(&queue, 10).await.unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn a_redriven_claim_check_keeps_its_blob_for_the_new_message() {
+    use cqrs_storage::claims::{CommandSender, POISONED_METADATA, Sent};
+    let azurite = TestAzurite::start().await;
+    let account = azurite.account();
+    let queue = unique_name("claimed");
+    let container = unique_name("claims");
+    account.ensure_queue_with_poison(&queue).await.unwrap();
+    account.ensure_container(&container).await.unwrap();
+    // A large command, poisoned 8 days ago: its envelope now sits in the poison queue.
+    let sender = CommandSender::new(account.clone(), container.clone(), 1024);
+    let Sent::Claimed(claim) = sender
+        .send(
+            &poison_queue_name(&queue),
+            &"y".repeat(2048),
+            "text/plain",
+            -1,
+        )
+        .await
+        .unwrap()
+    else {
+        panic!("expected a claim")
+    };
+    let long_ago = (OffsetDateTime::now_utc() - Duration::days(8)).unix_timestamp();
+    let blob = account.blob(&container, &claim.blob);
+    blob.set_metadata(
+        &[(POISONED_METADATA.to_string(), long_ago.to_string())].into(),
+        None,
+    )
+    .await
+    .unwrap();
+
+    account
+        .redrive(&queue, 10, std::time::Duration::from_secs(1), |_| {
+            std::ops::ControlFlow::Continue(())
+        })
+        .await
+        .unwrap();
+    // Marked anew: the sweep keeps it 7 days from the redrive, as long as the new message.
+    let swept = account
+        .sweep_claims(&container, &poison_queue_name(&queue), None)
+        .await
+        .unwrap();
+    assert_eq!((swept.deleted, swept.kept), (0, 1));
+    assert!(blob.exists().await.unwrap());
+}
