@@ -57,8 +57,10 @@ async fn poison_messages_are_counted_warned_about_and_redriven_by_annotation() {
         "-o",
         "jsonpath={.items[*].message}",
     ]));
+    // NB: how many the note says depends on how the three sends fell between reconciles
+    // (repeats fold into the first Event's series).
     assert!(
-        events.contains(&format!("3 new message(s) in {queue}-poison")),
+        events.contains(&format!("new message(s) in {queue}-poison")),
         "{events}"
     );
 
