@@ -307,19 +307,17 @@ async fn poison(action: PoisonAction) -> ExitCode {
         poison::check_queue(&name, &spec, queue)?;
         match &action {
             PoisonAction::List { max, .. } => {
-                let tries = spec
-                    .queues
-                    .iter()
-                    .find(|q| &q.name == queue)
-                    .map_or(5, |q| q.max_dequeue_count);
-                Ok(poison::listing(
-                    queue,
-                    tries,
-                    &account.peek_poison(queue, *max).await?,
-                ))
+                let mut messages = account.peek_poison(queue, *max).await?;
+                if let Some(container) = spec.claim_container(&name) {
+                    account
+                        .read_poison_records(&container, queue, &mut messages)
+                        .await;
+                }
+                Ok(poison::listing(queue, &messages))
             }
             PoisonAction::Redrive { max, dry_run, .. } => {
-                poison::redrive(&account, queue, *max, *dry_run).await
+                let records = spec.claim_container(&name);
+                poison::redrive(&account, queue, *max, *dry_run, records.as_deref()).await
             }
         }
     }

@@ -147,8 +147,8 @@ pub fn check_queue(app: &str, spec: &CqrsAppSpec, queue: &str) -> Result<(), Poi
     })
 }
 
-/// The listing `poison list` prints; `max_dequeue_count` is the queue's.
-pub fn listing(queue: &str, max_dequeue_count: u32, messages: &[PoisonMessage]) -> String {
+/// The listing `poison list` prints.
+pub fn listing(queue: &str, messages: &[PoisonMessage]) -> String {
     let mut out = String::new();
     let poison = cqrs_storage::queues::poison_queue_name(queue);
     if messages.is_empty() {
@@ -157,11 +157,8 @@ pub fn listing(queue: &str, max_dequeue_count: u32, messages: &[PoisonMessage]) 
     }
     let _ = writeln!(
         out,
-        "{} message(s) at the head of {poison} (oldest first); each was tried {} times \
-         (maxDequeueCount {max_dequeue_count} + 1), or once if it could not be decoded \
-         (the worker's log says which):",
-        messages.len(),
-        max_dequeue_count + 1
+        "{} message(s) at the head of {poison} (oldest first):",
+        messages.len()
     );
     for m in messages {
         let inserted = m
@@ -171,9 +168,13 @@ pub fn listing(queue: &str, max_dequeue_count: u32, messages: &[PoisonMessage]) 
                     .ok()
             })
             .unwrap_or_else(|| "?".into());
+        let why = m.record.as_ref().map_or_else(
+            || "tries and reason not recorded".to_string(),
+            |r| format!("tried {} time(s): {}", r.tries, r.reason),
+        );
         let _ = writeln!(
             out,
-            "- {}  poisoned {inserted}  redrive attempts {}\n  {}",
+            "- {}  poisoned {inserted}  {why}  (redrive attempts {})\n  {}",
             m.id,
             m.dequeue_count,
             m.preview(200)
@@ -182,12 +183,14 @@ pub fn listing(queue: &str, max_dequeue_count: u32, messages: &[PoisonMessage]) 
     out
 }
 
-/// `poison redrive`: moves up to `max`; `dry_run` lists what would move.
+/// `poison redrive`: moves up to `max`; `dry_run` lists what would move. `records` is the
+/// app's claim-check container (where the workers record why they poisoned a message).
 pub async fn redrive(
     account: &StorageAccount,
     queue: &str,
     max: usize,
     dry_run: bool,
+    records: Option<&str>,
 ) -> Result<String, PoisonError> {
     let poison = cqrs_storage::queues::poison_queue_name(queue);
     if dry_run {
@@ -209,9 +212,13 @@ pub async fn redrive(
         return Ok(out);
     }
     let Redriven { moved, not_deleted } = account
-        .redrive(queue, max, cqrs_storage::poison::REDRIVE_HOLD, |_| {
-            ControlFlow::Continue(())
-        })
+        .redrive(
+            queue,
+            max,
+            cqrs_storage::poison::REDRIVE_HOLD,
+            records,
+            |_| ControlFlow::Continue(()),
+        )
         .await?;
     let mut out = format!(
         "moved {} message(s) from {poison} back to {queue}\n",

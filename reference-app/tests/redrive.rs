@@ -59,6 +59,30 @@ async fn registrations_poisoned_while_email_is_down_get_their_token_after_a_redr
         app.account.peek_poison(&queue, 10).await.unwrap().len() == 3
     })
     .await;
+    // Each with why and after how many tries, for `poison list` (written just after the copy).
+    let claims = app.names.claims.clone();
+    wait_until("the three poison records", || async {
+        let mut listed = app.account.peek_poison(&queue, 10).await.unwrap();
+        app.account
+            .read_poison_records(&claims, &queue, &mut listed)
+            .await;
+        listed.iter().all(|m| m.record.is_some())
+    })
+    .await;
+    let mut listed = app.account.peek_poison(&queue, 10).await.unwrap();
+    app.account
+        .read_poison_records(&claims, &queue, &mut listed)
+        .await;
+    for m in &listed {
+        let record = m.record.as_ref().expect("a poison record");
+        assert_eq!(record.tries, 3, "{record:?}");
+        assert!(
+            record
+                .reason
+                .contains("dequeued 3 times (maxDequeueCount 2)"),
+            "{record:?}"
+        );
+    }
 
     // The email service is back.
     app.terminate_worker(down).await;
@@ -67,7 +91,7 @@ async fn registrations_poisoned_while_email_is_down_get_their_token_after_a_redr
     // A redrive "killed" right after its first copy: that message is in both queues.
     let hold = Duration::from_secs(2);
     app.account
-        .redrive(&queue, 10, hold, |_| ControlFlow::Break(()))
+        .redrive(&queue, 10, hold, None, |_| ControlFlow::Break(()))
         .await
         .unwrap();
     let first = wait_for_token(&urls).await;
@@ -75,7 +99,9 @@ async fn registrations_poisoned_while_email_is_down_get_their_token_after_a_redr
     tokio::time::sleep(hold + Duration::from_millis(500)).await;
     let done = app
         .account
-        .redrive(&queue, 10, hold, |_| ControlFlow::Continue(()))
+        .redrive(&queue, 10, hold, Some(&claims), |_| {
+            ControlFlow::Continue(())
+        })
         .await
         .unwrap();
     assert_eq!(done.moved.len(), 3, "{done:?}");
@@ -103,6 +129,13 @@ async fn registrations_poisoned_while_email_is_down_get_their_token_after_a_redr
             .await
             .unwrap()
             .is_empty()
+    );
+    app.account
+        .read_poison_records(&claims, &queue, &mut listed)
+        .await;
+    assert!(
+        listed.iter().all(|m| m.record.is_none()),
+        "the records go with the messages"
     );
     for url in &urls {
         let result: Value = reqwest::get(url).await.unwrap().json().await.unwrap();

@@ -435,6 +435,27 @@ impl StorageAccount {
             ..Default::default()
         };
         let now = OffsetDateTime::now_utc();
+        // The poison records of the queue's messages live as long as their poison copy.
+        let records = BlobContainerClientListBlobsOptions {
+            prefix: Some(format!("{}{queue}/", crate::poison::RECORD_PREFIX)),
+            ..Default::default()
+        };
+        let mut pages = self
+            .container(container)
+            .list_blobs(Some(records))
+            .map_err(list_err)?
+            .into_pages();
+        while let Some(page) = pages.try_next().await.map_err(list_err)? {
+            for item in page.into_model().map_err(list_err)?.blob_items {
+                let created = item.properties.as_ref().and_then(|p| p.creation_time);
+                if let (Some(name), Some(created)) = (item.name, created)
+                    && created + POISONED_RETENTION < now
+                    && self.blob(container, &name).delete(None).await.is_ok()
+                {
+                    tracing::debug!("deleted the expired poison record {container}/{name}");
+                }
+            }
+        }
         let mut pages = self
             .container(container)
             .list_blobs(Some(options))

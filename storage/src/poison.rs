@@ -11,18 +11,41 @@ use std::ops::ControlFlow;
 use std::time::Duration;
 
 use azure_core::http::RequestContent;
+use azure_storage_blob::models::BlockBlobClientUploadOptions;
 use azure_storage_queue::models::{
     QueueClientPeekMessagesOptions, QueueClientReceiveMessagesOptions, QueueMessage,
 };
 use base64::Engine as _;
+use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+use crate::claims::ClaimAction;
 use crate::queues::{MAX_PEEK, poison_queue_name};
 use crate::{Error, SdkError, StorageAccount};
 
 /// How long a redrive keeps a message it is moving invisible in the poison queue: if the
 /// redrive dies, the message reappears there after this and the next redrive moves it.
 pub const REDRIVE_HOLD: Duration = Duration::from_secs(60);
+
+/// Why, and after how many deliveries, a worker poisoned a message. Kept beside it as the blob
+/// `<claim-check container>/poisoned/<queue>/<poison message id>.json`: a queue message has no
+/// metadata, and its text must stay as it was so a redrive can put it back unchanged.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PoisonRecord {
+    /// Deliveries before it was poisoned.
+    pub tries: u32,
+    /// The worker's reason.
+    pub reason: String,
+}
+
+/// Name of the record of poison message `id` of `queue`.
+pub fn record_blob(queue: &str, id: &str) -> String {
+    format!("{RECORD_PREFIX}{queue}/{id}.json")
+}
+
+/// Where the records live in the claim-check container.
+pub const RECORD_PREFIX: &str = "poisoned/";
 
 /// One message of a poison queue.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,6 +58,8 @@ pub struct PoisonMessage {
     pub dequeue_count: u64,
     /// Its text, exactly as stored.
     pub text: String,
+    /// What the worker recorded when it poisoned it, if it could.
+    pub record: Option<PoisonRecord>,
 }
 
 impl PoisonMessage {
@@ -95,9 +120,65 @@ impl StorageAccount {
                     inserted: m.insertion_time,
                     dequeue_count: u64::try_from(m.dequeue_count.unwrap_or(0)).unwrap_or(0),
                     text: m.message_text.unwrap_or_default(),
+                    record: None,
                 })
             })
             .collect())
+    }
+
+    /// Records why poison message `id` of `queue` was poisoned, in `container`.
+    pub async fn record_poisoned(
+        &self,
+        container: &str,
+        queue: &str,
+        id: &str,
+        record: &PoisonRecord,
+    ) -> Result<(), Error> {
+        let name = record_blob(queue, id);
+        let body = serde_json::to_vec(record).unwrap_or_default();
+        let options = BlockBlobClientUploadOptions {
+            blob_content_type: Some("application/json".into()),
+            ..Default::default()
+        };
+        self.blob(container, &name)
+            .upload(azure_core::Bytes::from(body).into(), Some(options))
+            .await
+            .map_err(|e| Error::Claim {
+                action: ClaimAction::Write,
+                blob: format!("{container}/{name}"),
+                source: SdkError(e),
+            })?;
+        Ok(())
+    }
+
+    /// Fills in the [`PoisonRecord`] of each of `messages` of `queue` found in `container`.
+    pub async fn read_poison_records(
+        &self,
+        container: &str,
+        queue: &str,
+        messages: &mut [PoisonMessage],
+    ) {
+        let reads = messages.iter().map(|m| async move {
+            let blob = self.blob(container, &record_blob(queue, &m.id));
+            let body = blob.download(None).await.ok()?.body.collect().await.ok()?;
+            serde_json::from_slice::<PoisonRecord>(&body).ok()
+        });
+        let records = futures::future::join_all(reads).await;
+        for (m, record) in messages.iter_mut().zip(records) {
+            m.record = record;
+        }
+    }
+
+    async fn delete_poison_record(&self, container: &str, queue: &str, id: &str) {
+        let name = record_blob(queue, id);
+        if let Err(e) = self.blob(container, &name).delete(None).await
+            && e.http_status().map(u16::from) != Some(404)
+        {
+            tracing::warn!(
+                "cannot delete {container}/{name} (the sweep will): {}",
+                SdkError(e)
+            );
+        }
     }
 
     /// Moves up to `max` messages of `queue`'s poison queue back onto `queue`, oldest first,
@@ -105,12 +186,14 @@ impl StorageAccount {
     /// long a message taken from the poison queue stays invisible there while it is moved (if
     /// the redrive dies, it reappears after that and the next redrive moves it). `after_copy`
     /// is told each copied id; `Break` stops the redrive at once, as a crash between the copy
-    /// and the delete would (the tests use it).
+    /// and the delete would (the tests use it). `records`: the claim-check container, whose
+    /// [`PoisonRecord`]s of the moved messages are deleted.
     pub async fn redrive(
         &self,
         queue: &str,
         max: usize,
         hold: Duration,
+        records: Option<&str>,
         mut after_copy: impl FnMut(&str) -> ControlFlow<()>,
     ) -> Result<Redriven, Error> {
         let poison_name = poison_queue_name(queue);
@@ -163,7 +246,11 @@ impl StorageAccount {
                     return Ok(done);
                 }
                 match poison.delete_message(&id, &pop, None).await {
-                    Ok(_) => {}
+                    Ok(_) => {
+                        if let Some(container) = records {
+                            self.delete_poison_record(container, queue, &id).await;
+                        }
+                    }
                     Err(e) => {
                         tracing::warn!(message = %id, "copied back to {queue} but cannot delete from {poison_name}: {}", SdkError(e));
                         done.not_deleted.push(id.clone());
@@ -186,6 +273,7 @@ mod tests {
             inserted: None,
             dequeue_count: 0,
             text: text.into(),
+            record: None,
         }
     }
 

@@ -123,9 +123,14 @@ pub trait QueueProbe: Send + Sync {
     async fn queue_depth(&self, queue: &str) -> Result<QueueDepth, Error>;
 
     /// Moves up to `max` messages of `queue`'s poison queue back onto it
-    /// ([`StorageAccount::redrive`]).
-    async fn redrive(&self, queue: &str, max: usize) -> Result<crate::poison::Redriven, Error> {
-        let _ = max;
+    /// ([`StorageAccount::redrive`]; `records`: the claim-check container).
+    async fn redrive(
+        &self,
+        queue: &str,
+        max: usize,
+        records: Option<&str>,
+    ) -> Result<crate::poison::Redriven, Error> {
+        let _ = (max, records);
         Err(Error::Unsupported(format!(
             "this storage cannot redrive the poison queue of {queue}"
         )))
@@ -138,10 +143,20 @@ impl QueueProbe for StorageAccount {
         StorageAccount::queue_depth(self, queue).await
     }
 
-    async fn redrive(&self, queue: &str, max: usize) -> Result<crate::poison::Redriven, Error> {
-        StorageAccount::redrive(self, queue, max, crate::poison::REDRIVE_HOLD, |_| {
-            std::ops::ControlFlow::Continue(())
-        })
+    async fn redrive(
+        &self,
+        queue: &str,
+        max: usize,
+        records: Option<&str>,
+    ) -> Result<crate::poison::Redriven, Error> {
+        StorageAccount::redrive(
+            self,
+            queue,
+            max,
+            crate::poison::REDRIVE_HOLD,
+            records,
+            |_| std::ops::ControlFlow::Continue(()),
+        )
         .await
     }
 }

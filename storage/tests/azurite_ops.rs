@@ -344,7 +344,7 @@ async fn a_redrive_cut_between_copy_and_delete_duplicates_one_message_and_the_ne
     // "Crash" right after the first copy: it is now in both queues.
     let hold = std::time::Duration::from_secs(1);
     let cut = account
-        .redrive(&queue, 10, hold, |_| ControlFlow::Break(()))
+        .redrive(&queue, 10, hold, None, |_| ControlFlow::Break(()))
         .await
         .unwrap();
     assert!(cut.moved.is_empty());
@@ -359,7 +359,7 @@ async fn a_redrive_cut_between_copy_and_delete_duplicates_one_message_and_the_ne
     // The next run moves everything; m0 arrives twice (the workers are idempotent).
     let mut copied = vec![];
     let done = account
-        .redrive(&queue, 10, hold, |id| {
+        .redrive(&queue, 10, hold, None, |id| {
             copied.push(id.to_string());
             ControlFlow::Continue(())
         })
@@ -376,7 +376,7 @@ async fn a_redrive_cut_between_copy_and_delete_duplicates_one_message_and_the_ne
     // --max bounds a run.
     send(&account, &poison, 3).await;
     let some = account
-        .redrive(&queue, 2, hold, |_| ControlFlow::Continue(()))
+        .redrive(&queue, 2, hold, None, |_| ControlFlow::Continue(()))
         .await
         .unwrap();
     assert_eq!(some.moved.len(), 2);
@@ -416,7 +416,7 @@ async fn a_redriven_claim_check_keeps_its_blob_for_the_new_message() {
     .unwrap();
 
     account
-        .redrive(&queue, 10, std::time::Duration::from_secs(1), |_| {
+        .redrive(&queue, 10, std::time::Duration::from_secs(1), None, |_| {
             std::ops::ControlFlow::Continue(())
         })
         .await

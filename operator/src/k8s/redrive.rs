@@ -52,7 +52,12 @@ pub(super) async fn handle(
         );
         publish_as(ctx, app, EventType::Warning, "RedriveFailed", &action, note).await;
     } else {
-        match connected.probe.redrive(&queue, MAX_MESSAGES).await {
+        let records = app.spec.claim_container(&app.name_any());
+        match connected
+            .probe
+            .redrive(&queue, MAX_MESSAGES, records.as_deref())
+            .await
+        {
             Ok(done) => {
                 let mut note = format!(
                     "moved {} message(s) from {poison} back to {queue}",

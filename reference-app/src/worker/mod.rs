@@ -459,18 +459,36 @@ impl<H: Handler> Worker<H> {
             message_text: Some(message.text.clone()),
         };
         let sent = match RequestContent::try_from(copy) {
-            Ok(content) => self
-                .poison
-                .send_message(content, None)
-                .await
-                .map(|_| ())
-                .map_err(SdkError),
+            Ok(content) => match self.poison.send_message(content, None).await {
+                Ok(rsp) => Ok(rsp
+                    .into_model()
+                    .ok()
+                    .and_then(|m| m.items?.into_iter().next()?.message_id)),
+                Err(e) => Err(SdkError(e)),
+            },
             Err(e) => Err(SdkError(e)),
         };
-        if let Err(e) = sent {
-            // Left in the queue: it will come back and be poisoned then.
-            tracing::warn!(message = %message.id, "cannot move to {}: {e}", self.config.poison_queue);
-            return;
+        let copy_id = match sent {
+            Ok(id) => id,
+            Err(e) => {
+                // Left in the queue: it will come back and be poisoned then.
+                tracing::warn!(message = %message.id, "cannot move to {}: {e}", self.config.poison_queue);
+                return;
+            }
+        };
+        // NB: why and after how many tries, for `cqrs-operator poison list` (best effort).
+        if let (Some(container), Some(id)) = (&self.config.claim_container, copy_id) {
+            let record = cqrs_storage::poison::PoisonRecord {
+                tries: message.dequeue_count,
+                reason: reason.to_string(),
+            };
+            if let Err(e) = self
+                .account
+                .record_poisoned(container, &self.config.queue, &id, &record)
+                .await
+            {
+                tracing::warn!(message = %message.id, "cannot record why it was poisoned: {e}");
+            }
         }
         if let Err(e) = self.queue.delete_message(&message.id, pop, None).await {
             tracing::warn!(message = %message.id, "copied to the poison queue but cannot delete: {}", SdkError(e));

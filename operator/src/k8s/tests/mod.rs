@@ -112,6 +112,7 @@ impl QueueProbe for FakeProvisioner {
         &self,
         queue: &str,
         max: usize,
+        _records: Option<&str>,
     ) -> Result<cqrs_storage::poison::Redriven, cqrs_storage::Error> {
         self.0
             .calls
