@@ -105,6 +105,7 @@ fn containers(name: &str, spec: &CqrsAppSpec) -> Vec<String> {
 
 /// The queues and containers of app `name` as the roles see them ([`contract::TOPOLOGY`]).
 pub fn topology(name: &str, spec: &CqrsAppSpec) -> Topology {
+    let claim_container = spec.claim_container(name);
     Topology {
         queues: spec
             .queues
@@ -118,8 +119,8 @@ pub fn topology(name: &str, spec: &CqrsAppSpec) -> Topology {
             })
             .collect(),
         containers: containers(name, spec),
-        claim_container: spec.claim_container(name),
-        claim_threshold_bytes: spec.claim_container(name).map(|_| spec.claim_threshold()),
+        claim_threshold_bytes: claim_container.as_ref().map(|_| spec.claim_threshold()),
+        claim_container,
     }
 }
 

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use cqrs_storage::poison::{PoisonMessage, Redriven};
 use cqrs_storage::{ConnectionString, RetrySettings, StorageAccount};
-use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 
 use crate::crd::{CqrsApp, CqrsAppSpec};
@@ -90,25 +89,13 @@ async fn cluster_account(
     spec: &CqrsAppSpec,
 ) -> Result<StorageAccount, PoisonError> {
     if let Some(secret_ref) = &spec.storage.connection_secret_ref {
-        let secrets: Api<Secret> = Api::namespaced(client, namespace);
-        let secret = secrets.get(&secret_ref.name).await.map_err(|e| {
-            PoisonError::App(format!(
-                "cannot read Secret {namespace}/{} (spec.storage.connectionSecretRef) with your kubeconfig: {e}",
-                secret_ref.name
-            ))
-        })?;
-        let value = secret
-            .data
-            .as_ref()
-            .and_then(|d| d.get(&secret_ref.key))
-            .ok_or_else(|| {
-                PoisonError::App(format!(
-                    "Secret {namespace}/{} has no key {:?}",
-                    secret_ref.name, secret_ref.key
-                ))
-            })?;
-        let text = String::from_utf8_lossy(&value.0);
-        let cs = ConnectionString::parse(text.trim()).map_err(|e| {
+        let text =
+            crate::k8s::storage::connection_string_from_secret(&client, namespace, secret_ref)
+                .await
+                .map_err(|p| {
+                    PoisonError::App(format!("{} (read with your kubeconfig)", p.message))
+                })?;
+        let cs = ConnectionString::parse(&text).map_err(|e| {
             PoisonError::App(format!("Secret {namespace}/{}: {e}", secret_ref.name))
         })?;
         return Ok(StorageAccount::from_connection_string(

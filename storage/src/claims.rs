@@ -24,7 +24,8 @@ use std::time::Duration;
 
 use azure_core::http::RequestContent;
 use azure_storage_blob::models::{
-    BlobContainerClientListBlobsOptions, BlockBlobClientUploadOptions, ListBlobsIncludeItem,
+    BlobContainerClientListBlobsOptions, BlobItem, BlockBlobClientUploadOptions,
+    ListBlobsIncludeItem,
 };
 use azure_storage_queue::models::{QueueClientSendMessageOptions, QueueMessage};
 use base64::Engine as _;
@@ -418,44 +419,39 @@ impl StorageAccount {
     /// Deletes the blobs under `<container>/<queue>/` whose message can no longer exist: older
     /// than `message_ttl` (plus a margin for clock skew), or, for poisoned ones, older than
     /// [`POISONED_RETENTION`]. `None`: messages never expire, only poisoned blobs are swept.
+    /// The queue's poison records go after [`POISONED_RETENTION`] too, like their poison copy.
     pub async fn sweep_claims(
         &self,
         container: &str,
         queue: &str,
         message_ttl: Option<Duration>,
     ) -> Result<Swept, Error> {
+        let records = format!("{}{queue}/", crate::poison::RECORD_PREFIX);
+        self.sweep_prefix(container, &records, Some(POISONED_RETENTION))
+            .await?;
+        let margin = message_ttl.map(|ttl| ttl + ttl.min(Duration::from_secs(60)));
+        self.sweep_prefix(container, &format!("{queue}/"), margin)
+            .await
+    }
+
+    /// Deletes the blobs under `prefix` past [`kept_until`] (`keep` for unmarked ones).
+    async fn sweep_prefix(
+        &self,
+        container: &str,
+        prefix: &str,
+        keep: Option<Duration>,
+    ) -> Result<Swept, Error> {
         let list_err = |e| Error::Claim {
             action: ClaimAction::List,
-            blob: format!("{container}/{queue}/"),
+            blob: format!("{container}/{prefix}"),
             source: SdkError(e),
         };
         let options = BlobContainerClientListBlobsOptions {
-            prefix: Some(format!("{queue}/")),
+            prefix: Some(prefix.into()),
             include: Some(vec![ListBlobsIncludeItem::Metadata]),
             ..Default::default()
         };
         let now = OffsetDateTime::now_utc();
-        // The poison records of the queue's messages live as long as their poison copy.
-        let records = BlobContainerClientListBlobsOptions {
-            prefix: Some(format!("{}{queue}/", crate::poison::RECORD_PREFIX)),
-            ..Default::default()
-        };
-        let mut pages = self
-            .container(container)
-            .list_blobs(Some(records))
-            .map_err(list_err)?
-            .into_pages();
-        while let Some(page) = pages.try_next().await.map_err(list_err)? {
-            for item in page.into_model().map_err(list_err)?.blob_items {
-                let created = item.properties.as_ref().and_then(|p| p.creation_time);
-                if let (Some(name), Some(created)) = (item.name, created)
-                    && created + POISONED_RETENTION < now
-                    && self.blob(container, &name).delete(None).await.is_ok()
-                {
-                    tracing::debug!("deleted the expired poison record {container}/{name}");
-                }
-            }
-        }
         let mut pages = self
             .container(container)
             .list_blobs(Some(options))
@@ -463,38 +459,11 @@ impl StorageAccount {
             .into_pages();
         let mut swept = Swept::default();
         while let Some(page) = pages.try_next().await.map_err(list_err)? {
-            let page = page.into_model().map_err(list_err)?;
-            for item in page.blob_items {
+            for item in page.into_model().map_err(list_err)?.blob_items {
                 let Some(name) = item.name.clone() else {
                     continue;
                 };
-                let created = item
-                    .properties
-                    .as_ref()
-                    .and_then(|p| p.creation_time.or(p.last_modified));
-                // NB: a poisoned blob counts from when it was marked (poisoned, or redriven).
-                let marked = item
-                    .metadata
-                    .as_ref()
-                    .and_then(|m| m.values.as_ref())
-                    .and_then(|v| v.get(POISONED_METADATA))
-                    .map(|at| {
-                        at.parse::<i64>()
-                            .ok()
-                            .and_then(|t| OffsetDateTime::from_unix_timestamp(t).ok())
-                    });
-                let (since, keep_for) = match marked {
-                    Some(at) => (at.or(created), Some(POISONED_RETENTION)),
-                    None => (
-                        created,
-                        message_ttl.map(|ttl| ttl + ttl.min(Duration::from_secs(60))),
-                    ),
-                };
-                let expired = match (since, keep_for) {
-                    (Some(since), Some(keep_for)) => since + keep_for < now,
-                    _ => false,
-                };
-                if !expired {
+                if kept_until(&item, keep).is_none_or(|until| now <= until) {
                     swept.kept += 1;
                     continue;
                 }
@@ -512,6 +481,29 @@ impl StorageAccount {
             }
         }
         Ok(swept)
+    }
+}
+
+/// Until when a listed blob is kept: a poisoned one [`POISONED_RETENTION`] from its mark (the
+/// time it was poisoned or redriven), any other one `keep` from its creation; `None`: forever.
+fn kept_until(item: &BlobItem, keep: Option<Duration>) -> Option<OffsetDateTime> {
+    let created = item
+        .properties
+        .as_ref()
+        .and_then(|p| p.creation_time.or(p.last_modified));
+    let marked = item
+        .metadata
+        .as_ref()
+        .and_then(|m| m.values.as_ref())
+        .and_then(|v| v.get(POISONED_METADATA))
+        .map(|at| {
+            at.parse::<i64>()
+                .ok()
+                .and_then(|t| OffsetDateTime::from_unix_timestamp(t).ok())
+        });
+    match marked {
+        Some(at) => Some(at.or(created)? + POISONED_RETENTION),
+        None => Some(created? + keep?),
     }
 }
 

@@ -145,42 +145,8 @@ impl ClusterStorage {
         namespace: &str,
         secret_ref: &SecretKeyRef,
     ) -> Result<Connected, StorageProblem> {
-        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
-        let secret = match secrets.get_opt(&secret_ref.name).await {
-            Ok(Some(secret)) => secret,
-            Ok(None) => {
-                return Err(StorageProblem::new(
-                    StorageFailure::SecretNotFound,
-                    format!(
-                        "Secret {namespace}/{} (spec.storage.connectionSecretRef) does not exist; create it with the \
-                         storage connection string under key {:?}",
-                        secret_ref.name, secret_ref.key
-                    ),
-                ));
-            }
-            Err(e) => {
-                return Err(StorageProblem::new(
-                    StorageFailure::SecretUnreadable,
-                    format!("cannot read Secret {namespace}/{}: {e}", secret_ref.name),
-                ));
-            }
-        };
-        let value = secret.data.as_ref().and_then(|d| d.get(&secret_ref.key)).ok_or_else(|| {
-            StorageProblem::new(
-                StorageFailure::SecretKeyMissing,
-                format!("Secret {namespace}/{} has no key {:?} (spec.storage.connectionSecretRef.key)", secret_ref.name, secret_ref.key),
-            )
-        })?;
-        let text = String::from_utf8(value.0.clone()).map_err(|_| {
-            StorageProblem::new(
-                StorageFailure::InvalidConnectionString,
-                format!(
-                    "key {:?} of Secret {namespace}/{} is not UTF-8 text",
-                    secret_ref.key, secret_ref.name
-                ),
-            )
-        })?;
-        let account = self.account_for(text.trim(), namespace, secret_ref)?;
+        let text = connection_string_from_secret(&self.client, namespace, secret_ref).await?;
+        let account = self.account_for(&text, namespace, secret_ref)?;
         let shared: Arc<StorageAccount> = Arc::new(account.clone());
         Ok(Connected {
             provisioner: shared.clone(),
@@ -280,6 +246,58 @@ impl ClusterStorage {
         *slot = Some(credential.clone());
         Ok(credential)
     }
+}
+
+/// The connection string in the app's Secret (`spec.storage.connectionSecretRef`), read with
+/// `client`'s permissions (the operator's, or a user's for `cqrs-operator poison`).
+pub async fn connection_string_from_secret(
+    client: &Client,
+    namespace: &str,
+    secret_ref: &SecretKeyRef,
+) -> Result<String, StorageProblem> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let secret = match secrets.get_opt(&secret_ref.name).await {
+        Ok(Some(secret)) => secret,
+        Ok(None) => {
+            return Err(StorageProblem::new(
+                StorageFailure::SecretNotFound,
+                format!(
+                    "Secret {namespace}/{} (spec.storage.connectionSecretRef) does not exist; create it with the \
+                         storage connection string under key {:?}",
+                    secret_ref.name, secret_ref.key
+                ),
+            ));
+        }
+        Err(e) => {
+            return Err(StorageProblem::new(
+                StorageFailure::SecretUnreadable,
+                format!("cannot read Secret {namespace}/{}: {e}", secret_ref.name),
+            ));
+        }
+    };
+    let value = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(&secret_ref.key))
+        .ok_or_else(|| {
+            StorageProblem::new(
+                StorageFailure::SecretKeyMissing,
+                format!(
+                    "Secret {namespace}/{} has no key {:?} (spec.storage.connectionSecretRef.key)",
+                    secret_ref.name, secret_ref.key
+                ),
+            )
+        })?;
+    let text = String::from_utf8(value.0.clone()).map_err(|_| {
+        StorageProblem::new(
+            StorageFailure::InvalidConnectionString,
+            format!(
+                "key {:?} of Secret {namespace}/{} is not UTF-8 text",
+                secret_ref.key, secret_ref.name
+            ),
+        )
+    })?;
+    Ok(text.trim().to_string())
 }
 
 #[async_trait]

@@ -125,13 +125,15 @@ pub fn human_bytes(n: usize) -> String {
 impl ApiError {
     /// A JSON body that could not be read: 413 over `limit`, else 400 naming the problem.
     fn from_json(rejection: JsonRejection, limit: usize) -> Self {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        Self::from_body(rejection.status(), rejection.body_text(), limit)
+    }
+
+    /// A body extractor's rejection (`status`, `text`): 413 over `limit`, else 400 on `body`.
+    fn from_body(status: StatusCode, text: String, limit: usize) -> Self {
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
             return ApiError::TooLarge(limit);
         }
-        ApiError::Fields(BTreeMap::from([(
-            "body".to_string(),
-            rejection.body_text(),
-        )]))
+        ApiError::Fields(BTreeMap::from([("body".to_string(), text)]))
     }
 
     fn storage(what: &str, e: impl std::fmt::Display) -> Self {

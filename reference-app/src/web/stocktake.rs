@@ -84,13 +84,8 @@ pub async fn upload(
     if !super::inventory::authorized(&state, &headers) {
         return Err(ApiError::Unauthorized);
     }
-    let body = body.map_err(|r| {
-        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::TooLarge(STOCKTAKE_BODY_LIMIT)
-        } else {
-            field("body", r.body_text())
-        }
-    })?;
+    let body =
+        body.map_err(|r| ApiError::from_body(r.status(), r.body_text(), STOCKTAKE_BODY_LIMIT))?;
     let text = std::str::from_utf8(&body).map_err(|_| field("body", "must be UTF-8 text"))?;
     let content_type = headers
         .get(header::CONTENT_TYPE)
