@@ -106,6 +106,18 @@ impl Tick {
                 .as_ref()
                 .is_some_and(|d| d.direction != Direction::Hold)
     }
+
+    /// The replicas the target has after this tick: the decision's when it scaled, else
+    /// those read before it (`None` when they could not be read).
+    ///
+    /// NB: the status is refreshed by the watch event of this very scale, so reporting the
+    /// replicas read *before* it would leave `current` a change behind until the next resync.
+    pub fn replicas_after(&self) -> Option<i32> {
+        match &self.decision {
+            Some(decision) if self.scaled() => Some(decision.desired),
+            _ => self.current,
+        }
+    }
 }
 
 /// Receives every tick (for status, metrics, events and logs).
@@ -468,6 +480,12 @@ mod tests {
         let ticks = ticks.0.lock().unwrap();
         assert!(ticks[0].scaled() && ticks[1].scaled());
         assert_eq!(ticks[0].rate_share, Some(30.0));
+        // What the status reports: the replicas after each tick, not those read before it.
+        let around: Vec<_> = ticks
+            .iter()
+            .map(|t| (t.current, t.replicas_after()))
+            .collect();
+        assert_eq!(around, [(Some(0), Some(3)), (Some(3), Some(0))]);
     }
 
     #[tokio::test(start_paused = true)]

@@ -247,7 +247,7 @@ impl Metrics {
             app: app.into(),
             worker: tick.worker.clone(),
         };
-        if let Some(current) = tick.current {
+        if let Some(current) = tick.replicas_after() {
             self.current_replicas
                 .get_or_create(&worker)
                 .set(i64::from(current));

@@ -14,7 +14,7 @@ use k8s_openapi::jiff::Timestamp;
 
 pub use conditions::{Check, conditions, find, ready};
 
-use crate::autoscale::WorkerState;
+use crate::autoscale::{Tick, WorkerState};
 use crate::crd::{CqrsAppStatus, QueueSpec, QueueStatus, WorkerStatus, condition};
 use crate::plan::format_rate_share;
 use crate::scaler::Observation;
@@ -69,7 +69,7 @@ pub fn workers(views: Vec<WorkerView>) -> Workers {
         }
         let current = view
             .running
-            .or_else(|| tick.and_then(|t| t.current))
+            .or_else(|| tick.and_then(Tick::replicas_after))
             .unwrap_or(0);
         out.status.push(WorkerStatus {
             name: view.name,
