@@ -9,6 +9,7 @@
 //! so there is no launcher of our own. Pods are placed on the kwok node and reported Running;
 //! no container ever runs.
 
+pub mod keda;
 mod procs;
 pub mod toolchain;
 
@@ -60,6 +61,9 @@ pub struct Cluster {
     pub name: String,
     /// The cached `bin/` with every tool.
     pub bin: PathBuf,
+    /// Serve aggregated APIs (an extension apiserver such as KEDA's metrics adapter),
+    /// advertising this address.
+    aggregation: Option<String>,
 }
 
 impl Cluster {
@@ -67,6 +71,7 @@ impl Cluster {
         Cluster {
             name: name.to_owned(),
             bin,
+            aggregation: None,
         }
     }
 
@@ -78,7 +83,23 @@ impl Cluster {
 
     /// A fresh cluster `name` (any earlier one is deleted first), deleted when dropped.
     pub fn fresh(name: &str) -> Result<TestCluster> {
-        let cluster = Cluster::new(name, toolchain::ensure()?);
+        Self::fresh_cluster(Cluster::new(name, toolchain::ensure()?))
+    }
+
+    /// A fresh cluster `name` whose apiserver also serves aggregated APIs: the request-header
+    /// client CA (kwokctl already hands the apiserver a proxy client certificate signed by the
+    /// cluster CA) and routing to an APIService's endpoints rather than its ClusterIP (there
+    /// is no kube-proxy). The extension server's endpoint cannot be a loopback address, so
+    /// this is for a cluster inside a network namespace of its own (`cargo xtask bench peers`),
+    /// whose non-loopback `address` the apiserver advertises (a namespace without a default
+    /// route leaves it nothing to pick).
+    pub fn fresh_with_aggregation(name: &str, address: &str) -> Result<TestCluster> {
+        let mut cluster = Cluster::new(name, toolchain::ensure()?);
+        cluster.aggregation = Some(address.to_owned());
+        Self::fresh_cluster(cluster)
+    }
+
+    fn fresh_cluster(cluster: Cluster) -> Result<TestCluster> {
         cluster.down_quietly();
         cluster.up()?;
         Ok(TestCluster(cluster))
@@ -108,7 +129,14 @@ impl Cluster {
 
     fn kwokctl(&self) -> Command {
         let mut cmd = Command::new(self.bin.join("kwokctl"));
+        // NB: kwokctl runs `kubectl` from PATH for some of its waits; make it ours.
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let path = std::env::join_paths(
+            std::iter::once(self.bin.clone()).chain(std::env::split_paths(&path)),
+        )
+        .unwrap_or(path);
         cmd.env("KWOK_WORKDIR", Self::workdir())
+            .env("PATH", path)
             .args(["--name", &self.name]);
         cmd
     }
@@ -208,7 +236,31 @@ impl Cluster {
             scheduler = bin("kube-scheduler"),
             kwok = bin("kwok"),
             kubectl = bin("kubectl"),
-        )
+        ) + &self.aggregation_patch()
+    }
+
+    /// kwokctl's patch of the apiserver's flags for [`Cluster::fresh_with_aggregation`].
+    fn aggregation_patch(&self) -> String {
+        let Some(address) = &self.aggregation else {
+            return String::new();
+        };
+        let ca = self.dir().join("pki/ca.crt").display().to_string();
+        let args = [
+            ("advertise-address", address.clone()),
+            ("enable-aggregator-routing", "true".to_owned()),
+            ("requestheader-client-ca-file", ca),
+            ("requestheader-username-headers", "X-Remote-User".to_owned()),
+            ("requestheader-group-headers", "X-Remote-Group".to_owned()),
+            (
+                "requestheader-extra-headers-prefix",
+                "X-Remote-Extra-".to_owned(),
+            ),
+        ];
+        let mut patch = String::from("componentsPatches:\n- name: kube-apiserver\n  extraArgs:\n");
+        for (key, value) in args {
+            patch.push_str(&format!("  - key: {key}\n    value: \"{value}\"\n"));
+        }
+        patch
     }
 
     fn readyz(&self) -> bool {
