@@ -41,7 +41,20 @@ pub const TOOLS: &[&str] = &[
 
 /// The cache directory for this set of versions (`$CQRS_CACHE_DIR` overrides the base).
 pub fn cache_dir() -> Result<PathBuf> {
-    let base = match std::env::var_os("CQRS_CACHE_DIR") {
+    let key = format!(
+        "k8s-{}-etcd-{}-kwok-{}-helm-{}",
+        KUBERNETES.trim_start_matches('v'),
+        ETCD.trim_start_matches('v'),
+        KWOK.trim_start_matches('v'),
+        HELM.trim_start_matches('v')
+    );
+    Ok(cache_base()?.join(key))
+}
+
+/// Where version-keyed builds are cached: `$CQRS_CACHE_DIR`, else
+/// `$XDG_CACHE_HOME/cqrs-operator`, else `~/.cache/cqrs-operator`.
+pub fn cache_base() -> Result<PathBuf> {
+    Ok(match std::env::var_os("CQRS_CACHE_DIR") {
         Some(dir) => PathBuf::from(dir),
         None => match std::env::var_os("XDG_CACHE_HOME") {
             Some(dir) => PathBuf::from(dir).join("cqrs-operator"),
@@ -50,15 +63,7 @@ pub fn cache_dir() -> Result<PathBuf> {
             )?)
             .join(".cache/cqrs-operator"),
         },
-    };
-    let key = format!(
-        "k8s-{}-etcd-{}-kwok-{}-helm-{}",
-        KUBERNETES.trim_start_matches('v'),
-        ETCD.trim_start_matches('v'),
-        KWOK.trim_start_matches('v'),
-        HELM.trim_start_matches('v')
-    );
-    Ok(base.join(key))
+    })
 }
 
 /// The `bin/` directory with every tool, building what is missing.
@@ -97,7 +102,7 @@ pub fn ensure() -> Result<PathBuf> {
 }
 
 /// `go`, checked to be new enough; a clear message when it is missing.
-fn go_toolchain() -> Result<PathBuf> {
+pub fn go_toolchain() -> Result<PathBuf> {
     if !on_path("go") {
         bail!(
             "the local control plane is built from the Go module proxy, and `go` is not on PATH: \
@@ -122,7 +127,7 @@ fn go_toolchain() -> Result<PathBuf> {
 }
 
 /// A `go` command for the wrapper module: static, no VCS stamping, never a toolchain download.
-fn go(go: &Path, dir: &Path) -> Command {
+pub fn go(go: &Path, dir: &Path) -> Command {
     let mut cmd = Command::new(go);
     cmd.current_dir(dir)
         .env("CGO_ENABLED", "0")
@@ -165,23 +170,44 @@ fn build_multi_call(go_bin: &Path, dir: &Path, main_go: &str) -> Result<()> {
 /// The staging modules `k8s.io/kubernetes` replaces with `./staging/src/...`, read from the
 /// `.mod` file the module proxy serves for it.
 fn staging_modules(go_bin: &Path, src: &Path) -> Result<Vec<String>> {
-    let json = output(
-        go(go_bin, src)
-            .args(["mod", "download", "-json"])
-            .arg(format!("k8s.io/kubernetes@{KUBERNETES}")),
-    )
-    .context("cannot download k8s.io/kubernetes from the Go module proxy")?;
-    let info: serde_json::Value =
-        serde_json::from_str(&json).context("`go mod download -json` printed no JSON")?;
-    let go_mod = info["GoMod"]
-        .as_str()
-        .context("`go mod download -json` named no GoMod file")?;
-    let text = std::fs::read_to_string(go_mod).with_context(|| format!("cannot read {go_mod}"))?;
-    let modules = parse_staging_replaces(&text);
+    let module = download(go_bin, src, &format!("k8s.io/kubernetes@{KUBERNETES}"))?;
+    let modules = parse_staging_replaces(&module.go_mod);
     if modules.is_empty() {
-        bail!("{go_mod} replaces no ./staging modules; has the Kubernetes layout changed?");
+        bail!(
+            "the go.mod of k8s.io/kubernetes@{KUBERNETES} replaces no ./staging modules; has the \
+             Kubernetes layout changed?"
+        );
     }
     Ok(modules)
+}
+
+/// A module as the Go module proxy serves it.
+pub struct Downloaded {
+    /// Its `go.mod` (the `.mod` file the proxy serves).
+    pub go_mod: String,
+    /// Where its source was extracted (read-only, in the module cache).
+    pub dir: PathBuf,
+}
+
+/// `go mod download -json <module@version>`, run in `dir`.
+pub fn download(go_bin: &Path, dir: &Path, module: &str) -> Result<Downloaded> {
+    let json = output(go(go_bin, dir).args(["mod", "download", "-json", module]))
+        .with_context(|| format!("cannot download {module} from the Go module proxy"))?;
+    let info: serde_json::Value =
+        serde_json::from_str(&json).context("`go mod download -json` printed no JSON")?;
+    let field = |name: &str| {
+        info[name]
+            .as_str()
+            .map(PathBuf::from)
+            .with_context(|| format!("`go mod download -json {module}` named no {name}"))
+    };
+    let go_mod_path = field("GoMod")?;
+    let go_mod = std::fs::read_to_string(&go_mod_path)
+        .with_context(|| format!("cannot read {}", go_mod_path.display()))?;
+    Ok(Downloaded {
+        go_mod,
+        dir: field("Dir")?,
+    })
 }
 
 /// Module paths of `X => ./staging/src/X` lines.
