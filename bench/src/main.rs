@@ -7,6 +7,7 @@ mod e2e;
 mod http;
 mod load;
 mod memory;
+mod peers;
 mod scale;
 mod stocktake;
 
@@ -18,14 +19,14 @@ use cqrs_storage::{ConnectionString, RetrySettings, StorageAccount};
 
 use common::{Bench, Row, table};
 
-fn arg(args: &[String], name: &str) -> Option<String> {
+pub(crate) fn arg(args: &[String], name: &str) -> Option<String> {
     args.iter()
         .position(|a| a == name)
         .and_then(|i| args.get(i + 1))
         .cloned()
 }
 
-fn machine() -> String {
+pub(crate) fn machine() -> String {
     let cpus = std::thread::available_parallelism().map_or(0, usize::from);
     let model = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -60,6 +61,12 @@ async fn main() -> Result<()> {
             http::static_server(port, &file).await
         }
         Some("run") => run(&args).await,
+        Some("peers") => {
+            // NB: two TLS crypto providers are linked (kube brings ring, the Azure SDK
+            // aws-lc-rs), so rustls cannot pick one itself.
+            let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+            peers::run(&args[1..]).await
+        }
         _ => bail!(
             "usage: cqrs-bench run --bin-dir <dir> --out <file> [--azurite <connection string>] [--quick] [--only <name>]\n(without --azurite each benchmark starts its own Azurite: $CQRS_AZURITE_BIN or .tools/azurite)"
         ),

@@ -9,7 +9,7 @@ use anyhow::Result;
 use crate::common::{Bench, Row, Runtime, post_registration};
 use crate::load::open_loop;
 
-fn kib(pid: u32, field: &str) -> Option<f64> {
+pub(crate) fn kib(pid: u32, field: &str) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with(field))?;
     line.split_whitespace().nth(1)?.parse().ok()

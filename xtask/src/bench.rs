@@ -16,6 +16,9 @@ const END: &str = "<!-- bench:end -->";
 /// Runs the benchmarks; `--quick` (short runs) or `--only <name>` (one benchmark) write to
 /// `target/bench-partial.md` instead of docs/benchmarks.md, so a partial run never replaces the table.
 pub fn run(args: &[String]) -> Result<()> {
+    if args.first().is_some_and(|a| a == "peers") {
+        return crate::peers::run(&args[1..]);
+    }
     let partial = args.iter().any(|a| a == "--quick" || a == "--only");
     let azurite_bin = tools::azurite()?;
     step(
@@ -37,7 +40,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let out = if partial {
         target.join("bench-partial.md")
     } else {
-        root().join("bench/results.md")
+        target.join("bench-full.md")
     };
     let mut cmd = Command::new(bin_dir.join("cqrs-bench"));
     // Each benchmark starts a fresh Azurite of its own from this install.
@@ -59,6 +62,8 @@ pub fn run(args: &[String]) -> Result<()> {
         );
     } else {
         let results = std::fs::read_to_string(&out).context("the benchmarks wrote no results")?;
+        // NB: bench/results.md also holds the `bench peers` table, in its own section.
+        crate::peers::write_section(&root().join("bench/results.md"), START, END, &results)?;
         let doc_path = root().join("docs/benchmarks.md");
         let doc = std::fs::read_to_string(&doc_path)?;
         std::fs::write(&doc_path, replace_section(&doc, START, END, &results)?)?;

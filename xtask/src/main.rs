@@ -11,6 +11,7 @@ mod crd;
 mod e2e;
 mod e2e_kwok;
 mod images;
+mod peers;
 mod shell;
 mod test;
 mod tools;
@@ -31,7 +32,9 @@ tasks:
           curl); --keep leaves the cluster
   bench   benchmarks on release builds, each against a baseline measured in the same run;
           writes bench/results.md and the table in docs/benchmarks.md (--quick: short runs;
-          --only <name>: one benchmark; both write target/bench-partial.md instead)
+          --only <name>: one benchmark; both write target/bench-partial.md instead);
+          `bench peers`: cqrs-operator beside KEDA + HPA on the local control plane (builds
+          KEDA from the Go module proxy; needs root for its network namespace; [--runs N])
   cluster up | down | env | status
           a local Kubernetes 1.33 control plane (etcd, apiserver, controller-manager,
           scheduler, kwok fake node) from binaries built from the Go module proxy and cached

@@ -1,0 +1,211 @@
+//! A counting proxy in front of Azurite's queue service, on loopback: both autoscalers reach
+//! their queues through it, so every storage call each one makes for a role is counted by
+//! queue name, and a queue can be made unreachable (requests held, then answered 504).
+//!
+//! Written here because what it counts is the benchmark's subject: a generic proxy would
+//! count connections or bytes, not storage calls per queue.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderName, StatusCode};
+use axum::response::Response;
+
+/// How long a request to an unreachable queue is held before it is answered 504 (longer
+/// than either side's client timeout, so each sees a timeout, as with a dropped route).
+const HOLD: Duration = Duration::from_secs(40);
+
+#[derive(Default)]
+struct Shared {
+    calls: BTreeMap<String, u64>,
+    unreachable: BTreeSet<String>,
+}
+
+/// The running proxy.
+#[derive(Clone)]
+pub struct CountingProxy {
+    /// `http://127.0.0.1:<port>`.
+    pub addr: SocketAddr,
+    shared: Arc<Mutex<Shared>>,
+}
+
+#[derive(Clone)]
+struct Upstream {
+    base: String,
+    http: reqwest::Client,
+    shared: Arc<Mutex<Shared>>,
+}
+
+/// The queue a request path is about (`/<account>/<queue>[/messages[/<id>]]`); a poison
+/// queue's calls are the role's too (`<queue>-poison` → `<queue>`).
+pub fn queue_of(path: &str) -> Option<String> {
+    let queue = path.trim_start_matches('/').split('/').nth(1)?;
+    if queue.is_empty() {
+        return None;
+    }
+    Some(queue.strip_suffix("-poison").unwrap_or(queue).to_owned())
+}
+
+impl CountingProxy {
+    /// Listens on a free loopback port and forwards to `upstream` (`http://127.0.0.1:<port>`).
+    pub async fn start(upstream: &str) -> Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Mutex::new(Shared::default()));
+        let state = Upstream {
+            base: upstream.trim_end_matches('/').to_owned(),
+            http: reqwest::Client::builder()
+                .no_proxy()
+                .build()
+                .context("an HTTP client")?,
+            shared: shared.clone(),
+        };
+        let app = axum::Router::new().fallback(forward).with_state(state);
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Self { addr, shared })
+    }
+
+    /// Storage calls for `queue` (and its poison queue) so far.
+    pub fn calls(&self, queue: &str) -> u64 {
+        self.lock().calls.get(queue).copied().unwrap_or(0)
+    }
+
+    /// From now on, requests for `queue` are held and then answered 504.
+    pub fn make_unreachable(&self, queue: &str) {
+        self.lock().unreachable.insert(queue.to_owned());
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
+        self.shared.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+async fn forward(State(up): State<Upstream>, request: Request) -> Response {
+    let path_and_query = request
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    let queue = queue_of(request.uri().path());
+    let unreachable = {
+        let mut shared = up.shared.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(queue) = &queue {
+            *shared.calls.entry(queue.clone()).or_default() += 1;
+        }
+        queue
+            .as_ref()
+            .is_some_and(|q| shared.unreachable.contains(q))
+    };
+    if unreachable {
+        tokio::time::sleep(HOLD).await;
+        return status(StatusCode::GATEWAY_TIMEOUT);
+    }
+    let (parts, body) = request.into_parts();
+    let Ok(body) = axum::body::to_bytes(body, 64 << 20).await else {
+        return status(StatusCode::BAD_REQUEST);
+    };
+    let mut outgoing = up
+        .http
+        .request(parts.method, format!("{}{path_and_query}", up.base))
+        .body(body);
+    for (name, value) in &parts.headers {
+        if name != axum::http::header::HOST {
+            outgoing = outgoing.header(name, value);
+        }
+    }
+    let Ok(answer) = outgoing.send().await else {
+        return status(StatusCode::BAD_GATEWAY);
+    };
+    let mut response = Response::builder().status(answer.status());
+    for (name, value) in answer.headers() {
+        // NB: reqwest has already undone any transfer encoding.
+        if name != HeaderName::from_static("transfer-encoding") {
+            response = response.header(name, value);
+        }
+    }
+    let bytes = answer.bytes().await.unwrap_or_default();
+    response
+        .body(Body::from(bytes))
+        .unwrap_or_else(|_| status(StatusCode::BAD_GATEWAY))
+}
+
+fn status(code: StatusCode) -> Response {
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = code;
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use cqrs_storage::azurite::TestAzurite;
+    use cqrs_storage::{RetrySettings, StorageAccount};
+
+    use super::*;
+
+    /// The instrument itself, on a real Azurite through the SDK both sides use: every call
+    /// counted for its queue (poison queue included, other queues apart), bodies and
+    /// signatures passed through intact, and an unreachable queue failing while others work.
+    #[tokio::test]
+    async fn counts_each_queues_calls_and_makes_one_unreachable() {
+        let azurite = TestAzurite::start().await;
+        let direct = azurite.connection_string.clone();
+        let proxy = CountingProxy::start(&direct.queue_endpoint.origin().ascii_serialization())
+            .await
+            .unwrap();
+        let mut proxied = direct.clone();
+        proxied.queue_endpoint = format!("http://{}{}", proxy.addr, direct.queue_endpoint.path())
+            .parse()
+            .unwrap();
+        let mut retry = RetrySettings::BACKGROUND;
+        retry.max_retries = 0;
+        retry.per_try_timeout = Duration::from_secs(2);
+        let account = StorageAccount::from_connection_string(&proxied, retry).unwrap();
+        let (a, b) = (
+            cqrs_storage::azurite::unique_name("pxa"),
+            cqrs_storage::azurite::unique_name("pxb"),
+        );
+        for queue in [&a, &b, &format!("{a}-poison")] {
+            account.ensure_queue(queue).await.unwrap();
+        }
+        crate::common::enqueue(&account.queue(&a).unwrap(), "hello".into())
+            .await
+            .unwrap();
+        let depth = account.queue_depth(&a).await.unwrap();
+        assert_eq!(depth.approximate, 1);
+        // create a, create a-poison, send, metadata, peek (1 to 32 messages are peeked)
+        assert_eq!(proxy.calls(&a), 5);
+        assert_eq!(proxy.calls(&b), 1);
+
+        proxy.make_unreachable(&a);
+        let started = std::time::Instant::now();
+        let probe = tokio::time::timeout(Duration::from_secs(5), account.queue_depth(&a)).await;
+        assert!(
+            probe.is_err() || probe.is_ok_and(|r| r.is_err()),
+            "an unreachable queue must not answer"
+        );
+        assert!(started.elapsed() >= Duration::from_secs(1));
+        assert_eq!(account.queue_depth(&b).await.unwrap().approximate, 0);
+    }
+
+    #[test]
+    fn calls_are_attributed_to_the_role_queue() {
+        assert_eq!(queue_of("/devstoreaccount1/q-1").as_deref(), Some("q-1"));
+        assert_eq!(
+            queue_of("/devstoreaccount1/q-1/messages").as_deref(),
+            Some("q-1")
+        );
+        assert_eq!(
+            queue_of("/devstoreaccount1/q-1-poison").as_deref(),
+            Some("q-1")
+        );
+        assert_eq!(queue_of("/devstoreaccount1"), None);
+        assert_eq!(queue_of("/devstoreaccount1/"), None);
+    }
+}
