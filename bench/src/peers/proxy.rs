@@ -6,6 +6,7 @@
 //! count connections or bytes, not storage calls per queue.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -24,6 +25,11 @@ const HOLD: Duration = Duration::from_secs(40);
 struct Shared {
     calls: BTreeMap<String, u64>,
     unreachable: BTreeSet<String>,
+    /// One line per call: seconds since start, queue, method, operation, status, milliseconds.
+    log: Option<std::io::BufWriter<std::fs::File>>,
+    started: Option<std::time::Instant>,
+    /// The longest call Azurite took to answer.
+    slowest: Duration,
 }
 
 /// The running proxy.
@@ -52,11 +58,23 @@ pub fn queue_of(path: &str) -> Option<String> {
 }
 
 impl CountingProxy {
-    /// Listens on a free loopback port and forwards to `upstream` (`http://127.0.0.1:<port>`).
-    pub async fn start(upstream: &str) -> Result<Self> {
+    /// Listens on a free loopback port and forwards to `upstream` (`http://127.0.0.1:<port>`),
+    /// writing an access log to `log` when given.
+    pub async fn start(upstream: &str, log: Option<&std::path::Path>) -> Result<Self> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let shared = Arc::new(Mutex::new(Shared::default()));
+        let log = match log {
+            Some(path) => Some(std::io::BufWriter::new(
+                std::fs::File::create(path)
+                    .with_context(|| format!("cannot create {}", path.display()))?,
+            )),
+            None => None,
+        };
+        let shared = Arc::new(Mutex::new(Shared {
+            log,
+            started: Some(std::time::Instant::now()),
+            ..Shared::default()
+        }));
         let state = Upstream {
             base: upstream.trim_end_matches('/').to_owned(),
             http: reqwest::Client::builder()
@@ -75,6 +93,18 @@ impl CountingProxy {
     /// Storage calls for `queue` (and its poison queue) so far.
     pub fn calls(&self, queue: &str) -> u64 {
         self.lock().calls.get(queue).copied().unwrap_or(0)
+    }
+
+    /// The longest any call forwarded to Azurite took so far.
+    pub fn slowest(&self) -> Duration {
+        self.lock().slowest
+    }
+
+    /// Writes out what the access log holds so far.
+    pub fn flush_log(&self) {
+        if let Some(log) = &mut self.lock().log {
+            let _ = std::io::Write::flush(log);
+        }
     }
 
     /// From now on, requests for `queue` are held and then answered 504.
@@ -103,10 +133,40 @@ async fn forward(State(up): State<Upstream>, request: Request) -> Response {
             .as_ref()
             .is_some_and(|q| shared.unreachable.contains(q))
     };
-    if unreachable {
+    let started = std::time::Instant::now();
+    let method = request.method().clone();
+    // NB: only the operation: the rest of the query may be a SAS token.
+    let operation = request
+        .uri()
+        .query()
+        .and_then(|q| q.split('&').find_map(|p| p.strip_prefix("comp=")))
+        .unwrap_or("-")
+        .to_owned();
+    let response = if unreachable {
         tokio::time::sleep(HOLD).await;
-        return status(StatusCode::GATEWAY_TIMEOUT);
+        status(StatusCode::GATEWAY_TIMEOUT)
+    } else {
+        pass(&up, request, &path_and_query).await
+    };
+    let took = started.elapsed();
+    let mut shared = up.shared.lock().unwrap_or_else(|p| p.into_inner());
+    if !unreachable && took > shared.slowest {
+        shared.slowest = took;
     }
+    let since = shared.started.map_or(0.0, |t| t.elapsed().as_secs_f64());
+    if let Some(log) = &mut shared.log {
+        let _ = writeln!(
+            log,
+            "{since:.3} {} {method} {operation} {} {:.0}",
+            queue.as_deref().unwrap_or("-"),
+            response.status().as_u16(),
+            took.as_secs_f64() * 1000.0
+        );
+    }
+    response
+}
+
+async fn pass(up: &Upstream, request: Request, path_and_query: &str) -> Response {
     let (parts, body) = request.into_parts();
     let Ok(body) = axum::body::to_bytes(body, 64 << 20).await else {
         return status(StatusCode::BAD_REQUEST);
@@ -156,9 +216,10 @@ mod tests {
     async fn counts_each_queues_calls_and_makes_one_unreachable() {
         let azurite = TestAzurite::start().await;
         let direct = azurite.connection_string.clone();
-        let proxy = CountingProxy::start(&direct.queue_endpoint.origin().ascii_serialization())
-            .await
-            .unwrap();
+        let proxy =
+            CountingProxy::start(&direct.queue_endpoint.origin().ascii_serialization(), None)
+                .await
+                .unwrap();
         let mut proxied = direct.clone();
         proxied.queue_endpoint = format!("http://{}{}", proxy.addr, direct.queue_endpoint.path())
             .parse()

@@ -11,6 +11,10 @@ use super::proxy::CountingProxy;
 use super::sides::{COOLDOWN, MAX_REPLICAS, Objects, Replicas, Role, TARGET_PER_REPLICA};
 use crate::common::enqueue;
 
+/// How long after the backlog the busy window opens: both sides are at the maximum by then
+/// (KEDA + HPA took about 45 s), or are reported as never having got there.
+const BUSY_FROM: Duration = Duration::from_secs(90);
+
 /// What a scenario needs.
 #[derive(Clone)]
 pub struct Lab {
@@ -97,7 +101,10 @@ impl Lab {
 
     /// Idle → backlog of 300 → busy → emptied → back to zero. The backlog comes `phase`
     /// after the idle window, so runs started together still meet the probes (and the HPA's
-    /// syncs) at different moments.
+    /// syncs) at different moments; the queue is emptied a fixed time after the backlog, so
+    /// run `i` of both sides is emptied at the same moment and meets the same storage
+    /// hiccups on its way to zero (Azurite sweeps deleted messages every 60 s, which stalls
+    /// it for seconds).
     pub async fn trial(&self, role: &Role, window: Duration, phase: Duration) -> Result<Trial> {
         self.start(role).await?;
         // NB: one polling interval or two to settle (the first probe, KEDA's HPA creation).
@@ -113,8 +120,9 @@ impl Lab {
             .await;
         let full = self
             .replicas
-            .first(&role.deployment, t0, wait, |r| r >= MAX_REPLICAS)
+            .first(&role.deployment, t0, BUSY_FROM, |r| r >= MAX_REPLICAS)
             .await;
+        tokio::time::sleep_until((t0 + BUSY_FROM).into()).await;
         let busy_calls = self.calls_per_minute(role, window).await;
         let emptied = Instant::now();
         self.account.queue(&role.queue)?.clear(None).await?;
