@@ -21,19 +21,7 @@ pub fn run(args: &[String]) -> Result<()> {
     }
     let partial = args.iter().any(|a| a == "--quick" || a == "--only");
     let azurite_bin = tools::azurite()?;
-    step(
-        "building release binaries (cqrs-operator, reference-app, cqrs-bench)",
-        cargo().args([
-            "build",
-            "--release",
-            "--package",
-            "cqrs-operator",
-            "--package",
-            "reference-app",
-            "--package",
-            "cqrs-bench",
-        ]),
-    )?;
+    build_release(&["cqrs-operator", "reference-app", "cqrs-bench"])?;
     let target =
         std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), Into::into);
     let bin_dir = target.join("release");
@@ -70,4 +58,17 @@ pub fn run(args: &[String]) -> Result<()> {
         println!("    wrote bench/results.md and the table in docs/benchmarks.md");
     }
     Ok(())
+}
+
+/// `cargo build --release` of `packages`.
+pub fn build_release(packages: &[&str]) -> Result<()> {
+    let mut cmd = cargo();
+    cmd.args(["build", "--release"]);
+    for package in packages {
+        cmd.args(["--package", package]);
+    }
+    step(
+        &format!("building release binaries ({})", packages.join(", ")),
+        &mut cmd,
+    )
 }

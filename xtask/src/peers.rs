@@ -20,7 +20,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::cluster::{Cluster, keda, toolchain};
 use crate::crd::replace_section;
-use crate::shell::{cargo, on_path, output, root, step};
+use crate::shell::{on_path, output, root, step};
 use crate::tools;
 
 /// The network namespace the benchmark runs in.
@@ -54,17 +54,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let azurite = tools::azurite()?;
     toolchain::ensure()?;
     keda::ensure()?;
-    step(
-        "building release binaries (cqrs-operator, cqrs-bench)",
-        cargo().args([
-            "build",
-            "--release",
-            "--package",
-            "cqrs-operator",
-            "--package",
-            "cqrs-bench",
-        ]),
-    )?;
+    crate::bench::build_release(&["cqrs-operator", "cqrs-bench"])?;
     let netns = Netns::create(NETNS, ADAPTER_IP)?;
     let out = target().join("peers.md");
     let _ = std::fs::remove_file(&out);

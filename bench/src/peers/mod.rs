@@ -20,9 +20,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use cqrs_storage::azurite::{Azurite, AzuriteOptions};
 use cqrs_storage::{RetrySettings, StorageAccount};
-use k8s_openapi::api::core::v1::{Endpoints, Service};
 use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 
 use crate::arg;
 use crate::common::median;
@@ -126,37 +125,29 @@ pub async fn run(args: &[String]) -> Result<()> {
 /// The Service the APIService names gets the adapter's address as its only endpoint (no
 /// selector: the adapter is a host process, not a pod).
 async fn point_the_api_service_at(client: &kube::Client, ip: &str) -> Result<()> {
-    let pp = PatchParams::apply("cqrs-bench").force();
-    let services: Api<Service> = Api::namespaced(client.clone(), KEDA_NAMESPACE);
-    services
-        .patch(
-            ADAPTER_SERVICE,
-            &pp,
-            &Patch::Apply(serde_json::json!({
-                "apiVersion": "v1", "kind": "Service",
-                "metadata": { "name": ADAPTER_SERVICE },
-                "spec": { "ports": [{ "name": "https", "port": 443, "targetPort": ADAPTER_PORT }] },
-            })),
-        )
-        .await
-        .context("cannot create the adapter's Service")?;
-    let endpoints: Api<Endpoints> = Api::namespaced(client.clone(), KEDA_NAMESPACE);
-    endpoints
-        .patch(
-            ADAPTER_SERVICE,
-            &pp,
-            &Patch::Apply(serde_json::json!({
-                "apiVersion": "v1", "kind": "Endpoints",
-                "metadata": { "name": ADAPTER_SERVICE },
-                "subsets": [{
-                    "addresses": [{ "ip": ip }],
-                    "ports": [{ "name": "https", "port": ADAPTER_PORT }],
-                }],
-            })),
-        )
-        .await
-        .context("cannot set the adapter's endpoint")?;
-    Ok(())
+    sides::apply(
+        client,
+        Some(KEDA_NAMESPACE),
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": { "name": ADAPTER_SERVICE },
+            "spec": { "ports": [{ "name": "https", "port": 443, "targetPort": ADAPTER_PORT }] },
+        }),
+    )
+    .await?;
+    sides::apply(
+        client,
+        Some(KEDA_NAMESPACE),
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "Endpoints",
+            "metadata": { "name": ADAPTER_SERVICE },
+            "subsets": [{
+                "addresses": [{ "ip": ip }],
+                "ports": [{ "name": "https", "port": ADAPTER_PORT }],
+            }],
+        }),
+    )
+    .await
 }
 
 /// Waits until the APIService is Available; the condition's message when it does not get

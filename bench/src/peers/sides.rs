@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams};
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams,
+};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::{Value, json};
 
@@ -52,14 +54,35 @@ pub struct Role {
     pub deployment: String,
 }
 
-fn resource(group: &str, version: &str, kind: &str, plural: &str) -> ApiResource {
-    ApiResource {
-        group: group.into(),
-        version: version.into(),
-        api_version: format!("{group}/{version}"),
-        kind: kind.into(),
-        plural: plural.into(),
-    }
+fn resource(api_version: &str, kind: &str) -> ApiResource {
+    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+    ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, kind))
+}
+
+/// Server-side applies `object` (its `apiVersion`, `kind` and `metadata.name` say which) in
+/// `namespace`, or cluster-wide.
+pub async fn apply(client: &kube::Client, namespace: Option<&str>, object: Value) -> Result<()> {
+    let field = |path: &[&str]| {
+        path.iter()
+            .try_fold(&object, |v, key| v.get(key))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .with_context(|| format!("the object has no {}", path.join(".")))
+    };
+    let (kind, name) = (field(&["kind"])?, field(&["metadata", "name"])?);
+    let r = resource(&field(&["apiVersion"])?, &kind);
+    let api: Api<DynamicObject> = match namespace {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, &r),
+        None => Api::all_with(client.clone(), &r),
+    };
+    api.patch(
+        &name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&object),
+    )
+    .await
+    .with_context(|| format!("cannot apply {kind} {name}"))?;
+    Ok(())
 }
 
 /// The benchmark's namespace on the cluster.
@@ -70,78 +93,42 @@ pub struct Objects {
 }
 
 impl Objects {
-    fn dynamic(&self, r: &ApiResource) -> Api<DynamicObject> {
-        Api::namespaced_with(self.client.clone(), &self.namespace, r)
+    async fn apply(&self, object: Value) -> Result<()> {
+        apply(&self.client, Some(&self.namespace), object).await
     }
 
-    async fn apply(&self, r: &ApiResource, name: &str, object: Value) -> Result<()> {
-        self.dynamic(r)
-            .patch(
-                name,
-                &PatchParams::apply(MANAGER).force(),
-                &Patch::Apply(&object),
-            )
-            .await
-            .with_context(|| format!("cannot apply {} {name}", r.kind))?;
-        Ok(())
-    }
-
-    fn cqrs_apps() -> ApiResource {
-        resource("cqrs.dev", "v1alpha1", "CqrsApp", "cqrsapps")
-    }
-
-    fn scaled_objects() -> ApiResource {
-        resource("keda.sh", "v1alpha1", "ScaledObject", "scaledobjects")
+    fn delete_api(&self, api_version: &str, kind: &str) -> Api<DynamicObject> {
+        Api::namespaced_with(
+            self.client.clone(),
+            &self.namespace,
+            &resource(api_version, kind),
+        )
     }
 
     /// The namespace, the storage Secret and KEDA's TriggerAuthentication for it.
     pub async fn prepare(&self, connection_string: &str) -> Result<()> {
-        let core = |kind: &str, plural: &str| ApiResource {
-            group: String::new(),
-            version: "v1".into(),
-            api_version: "v1".into(),
-            kind: kind.into(),
-            plural: plural.into(),
-        };
-        let namespaces: Api<DynamicObject> =
-            Api::all_with(self.client.clone(), &core("Namespace", "namespaces"));
-        namespaces
-            .patch(
-                &self.namespace,
-                &PatchParams::apply(MANAGER).force(),
-                &Patch::Apply(json!({
-                    "apiVersion": "v1", "kind": "Namespace",
-                    "metadata": { "name": self.namespace },
-                })),
-            )
-            .await
-            .context("cannot create the benchmark namespace")?;
-        self.apply(
-            &core("Secret", "secrets"),
-            STORAGE_SECRET,
+        apply(
+            &self.client,
+            None,
             json!({
-                "apiVersion": "v1", "kind": "Secret",
-                "metadata": { "name": STORAGE_SECRET },
-                "stringData": { "connectionString": connection_string },
+                "apiVersion": "v1", "kind": "Namespace",
+                "metadata": { "name": self.namespace },
             }),
         )
         .await?;
-        self.apply(
-            &resource(
-                "keda.sh",
-                "v1alpha1",
-                "TriggerAuthentication",
-                "triggerauthentications",
-            ),
-            STORAGE_SECRET,
-            json!({
-                "apiVersion": "keda.sh/v1alpha1", "kind": "TriggerAuthentication",
-                "metadata": { "name": STORAGE_SECRET },
-                "spec": { "secretTargetRef": [{
-                    "parameter": "connection", "name": STORAGE_SECRET, "key": "connectionString",
-                }]},
-            }),
-        )
+        self.apply(json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": { "name": STORAGE_SECRET },
+            "stringData": { "connectionString": connection_string },
+        }))
+        .await?;
+        self.apply(json!({
+            "apiVersion": "keda.sh/v1alpha1", "kind": "TriggerAuthentication",
+            "metadata": { "name": STORAGE_SECRET },
+            "spec": { "secretTargetRef": [{
+                "parameter": "connection", "name": STORAGE_SECRET, "key": "connectionString",
+            }]},
+        }))
         .await
     }
 
@@ -165,84 +152,68 @@ impl Objects {
     pub async fn create(&self, role: &Role) -> Result<()> {
         match role.side {
             Side::Cqrs => {
-                self.apply(
-                    &Self::cqrs_apps(),
-                    &role.name,
-                    json!({
-                        "apiVersion": "cqrs.dev/v1alpha1", "kind": "CqrsApp",
-                        "metadata": { "name": role.name },
-                        "spec": {
-                            "storage": { "connectionSecretRef": {
-                                "name": STORAGE_SECRET, "key": "connectionString" } },
-                            "deletionPolicy": "Retain",
-                            "queues": [{ "name": role.queue }],
-                            "workers": [{
-                                "name": "worker",
-                                "image": "registry.invalid/worker:1",
-                                "queue": role.queue,
-                                "scaling": {
-                                    "minReplicas": 0,
-                                    "maxReplicas": MAX_REPLICAS,
-                                    "targetQueueLength": TARGET_PER_REPLICA,
-                                    "activationQueueLength": 0,
-                                    "pollingInterval": POLLING_INTERVAL,
-                                    "cooldownPeriod": COOLDOWN,
-                                },
-                            }],
-                        },
-                    }),
-                )
+                self.apply(json!({
+                    "apiVersion": "cqrs.dev/v1alpha1", "kind": "CqrsApp",
+                    "metadata": { "name": role.name },
+                    "spec": {
+                        "storage": { "connectionSecretRef": {
+                            "name": STORAGE_SECRET, "key": "connectionString" } },
+                        "deletionPolicy": "Retain",
+                        "queues": [{ "name": role.queue }],
+                        "workers": [{
+                            "name": "worker",
+                            "image": "registry.invalid/worker:1",
+                            "queue": role.queue,
+                            "scaling": {
+                                "minReplicas": 0,
+                                "maxReplicas": MAX_REPLICAS,
+                                "targetQueueLength": TARGET_PER_REPLICA,
+                                "activationQueueLength": 0,
+                                "pollingInterval": POLLING_INTERVAL,
+                                "cooldownPeriod": COOLDOWN,
+                            },
+                        }],
+                    },
+                }))
                 .await
             }
             Side::Keda => {
                 let labels = json!({ "app": role.name });
-                let deployments: Api<Deployment> =
-                    Api::namespaced(self.client.clone(), &self.namespace);
-                deployments
-                    .patch(
-                        &role.deployment,
-                        &PatchParams::apply(MANAGER).force(),
-                        &Patch::Apply(json!({
-                            "apiVersion": "apps/v1", "kind": "Deployment",
-                            "metadata": { "name": role.deployment },
-                            "spec": {
-                                "replicas": 0,
-                                "selector": { "matchLabels": labels },
-                                "template": {
-                                    "metadata": { "labels": labels },
-                                    "spec": { "containers": [{
-                                        "name": "worker", "image": "registry.invalid/worker:1",
-                                    }]},
-                                },
-                            },
-                        })),
-                    )
-                    .await
-                    .with_context(|| format!("cannot create Deployment {}", role.deployment))?;
-                self.apply(
-                    &Self::scaled_objects(),
-                    &role.name,
-                    json!({
-                        "apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject",
-                        "metadata": { "name": role.name },
-                        "spec": {
-                            "scaleTargetRef": { "name": role.deployment },
-                            "pollingInterval": POLLING_INTERVAL,
-                            "cooldownPeriod": COOLDOWN,
-                            "minReplicaCount": 0,
-                            "maxReplicaCount": MAX_REPLICAS,
-                            "triggers": [{
-                                "type": "azure-queue",
-                                "metadata": {
-                                    "queueName": role.queue,
-                                    "queueLength": TARGET_PER_REPLICA.to_string(),
-                                    "activationQueueLength": "0",
-                                },
-                                "authenticationRef": { "name": STORAGE_SECRET },
-                            }],
+                self.apply(json!({
+                    "apiVersion": "apps/v1", "kind": "Deployment",
+                    "metadata": { "name": role.deployment },
+                    "spec": {
+                        "replicas": 0,
+                        "selector": { "matchLabels": labels },
+                        "template": {
+                            "metadata": { "labels": labels },
+                            "spec": { "containers": [{
+                                "name": "worker", "image": "registry.invalid/worker:1",
+                            }]},
                         },
-                    }),
-                )
+                    },
+                }))
+                .await?;
+                self.apply(json!({
+                    "apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject",
+                    "metadata": { "name": role.name },
+                    "spec": {
+                        "scaleTargetRef": { "name": role.deployment },
+                        "pollingInterval": POLLING_INTERVAL,
+                        "cooldownPeriod": COOLDOWN,
+                        "minReplicaCount": 0,
+                        "maxReplicaCount": MAX_REPLICAS,
+                        "triggers": [{
+                            "type": "azure-queue",
+                            "metadata": {
+                                "queueName": role.queue,
+                                "queueLength": TARGET_PER_REPLICA.to_string(),
+                                "activationQueueLength": "0",
+                            },
+                            "authenticationRef": { "name": STORAGE_SECRET },
+                        }],
+                    },
+                }))
                 .await
             }
         }
@@ -251,22 +222,16 @@ impl Objects {
     /// Deletes the role's objects (the Deployment goes with them, or explicitly for KEDA's).
     pub async fn delete(&self, role: &Role) -> Result<()> {
         let dp = DeleteParams::background();
-        match role.side {
-            Side::Cqrs => {
-                let _ = self
-                    .dynamic(&Self::cqrs_apps())
-                    .delete(&role.name, &dp)
-                    .await;
-            }
-            Side::Keda => {
-                let _ = self
-                    .dynamic(&Self::scaled_objects())
-                    .delete(&role.name, &dp)
-                    .await;
-                let deployments: Api<Deployment> =
-                    Api::namespaced(self.client.clone(), &self.namespace);
-                let _ = deployments.delete(&role.deployment, &dp).await;
-            }
+        let objects: &[(&str, &str, &str)] = match role.side {
+            Side::Cqrs => &[("cqrs.dev/v1alpha1", "CqrsApp", &role.name)],
+            Side::Keda => &[
+                ("keda.sh/v1alpha1", "ScaledObject", &role.name),
+                ("apps/v1", "Deployment", &role.deployment),
+            ],
+        };
+        for (api_version, kind, name) in objects {
+            // NB: already gone is as good as deleted.
+            let _ = self.delete_api(api_version, kind).delete(name, &dp).await;
         }
         Ok(())
     }
