@@ -17,7 +17,7 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use cqrs_storage::azurite::{Azurite, AzuriteOptions};
 use cqrs_storage::{RetrySettings, StorageAccount};
 use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
@@ -66,9 +66,16 @@ impl PeersArgs {
             adapter_ip: arg(args, "--adapter-ip").context("--adapter-ip")?,
             out: path("--out")?,
             logs: path("--logs")?,
-            runs: arg(args, "--runs")
-                .map_or(Ok(3), |r| r.parse())
-                .context("--runs")?,
+            runs: match arg(args, "--runs") {
+                None => 3,
+                Some(r) => match r.parse::<usize>() {
+                    Ok(n) if (1..=10).contains(&n) => n,
+                    _ => bail!(
+                        "--runs {r}: expected a whole number of roles per side from 1 to 10 \
+                         (3 or more for a median worth quoting)"
+                    ),
+                },
+            },
         })
     }
 }
