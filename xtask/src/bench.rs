@@ -22,8 +22,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let partial = args.iter().any(|a| a == "--quick" || a == "--only");
     let azurite_bin = tools::azurite()?;
     build_release(&["cqrs-operator", "reference-app", "cqrs-bench"])?;
-    let target =
-        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), Into::into);
+    let target = crate::shell::target_dir();
     let bin_dir = target.join("release");
     let out = if partial {
         target.join("bench-partial.md")

@@ -20,7 +20,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::cluster::{Cluster, keda, toolchain};
 use crate::crd::replace_section;
-use crate::shell::{on_path, output, root, step};
+use crate::shell::{on_path, output, root, step, target_dir};
 use crate::tools;
 
 /// The network namespace the benchmark runs in.
@@ -56,7 +56,7 @@ pub fn run(args: &[String]) -> Result<()> {
     keda::ensure()?;
     crate::bench::build_release(&["cqrs-operator", "cqrs-bench"])?;
     let netns = Netns::create(NETNS, ADAPTER_IP)?;
-    let out = target().join("peers.md");
+    let out = target_dir().join("peers.md");
     let _ = std::fs::remove_file(&out);
     let exe = std::env::current_exe().context("cannot find the xtask binary")?;
     let ran = step(
@@ -77,10 +77,6 @@ pub fn run(args: &[String]) -> Result<()> {
     }
     println!("    wrote the table into bench/results.md and docs/benchmarks.md");
     Ok(())
-}
-
-fn target() -> std::path::PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), Into::into)
 }
 
 /// The inner half: a fresh cluster with the aggregation layer, KEDA's CRDs and APIService and
@@ -118,7 +114,7 @@ fn inside(args: &[String]) -> Result<()> {
             "--timeout=60s",
         ]),
     )?;
-    let bin_dir = target().join("release");
+    let bin_dir = target_dir().join("release");
     let ran = step(
         "cqrs-operator and KEDA side by side (about 10 minutes)",
         Command::new(bin_dir.join("cqrs-bench"))
@@ -135,13 +131,13 @@ fn inside(args: &[String]) -> Result<()> {
             .arg(&bin_dir)
             .args(["--adapter-ip", ADAPTER_IP])
             .arg("--out")
-            .arg(target().join("peers.md"))
+            .arg(target_dir().join("peers.md"))
             .arg("--logs")
-            .arg(target().join("peers-logs"))
+            .arg(target_dir().join("peers-logs"))
             .args(args),
     );
     // NB: the cluster is deleted with `cluster`; its components' logs go with the harness's.
-    let kept = target().join("peers-logs/cluster");
+    let kept = target_dir().join("peers-logs/cluster");
     let _ = std::fs::create_dir_all(&kept);
     if let Ok(logs) = std::fs::read_dir(cluster.logs_dir()) {
         for log in logs.flatten() {

@@ -127,8 +127,7 @@ pub fn run() -> Result<()> {
     }
     let azurite = azurite()?;
     build_roles()?;
-    let target =
-        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), Into::into);
+    let target = crate::shell::target_dir();
     let bin = |name: &str| target.join("debug").join(name);
     let app = bin("reference-app");
     println!("\n==> starting the app: cqrs-operator local -f {MANIFEST}");

@@ -192,20 +192,20 @@ async fn api_service_available(client: &kube::Client, limit: Duration) -> Result
 #[derive(Debug, Default, Clone, Copy)]
 struct Memory {
     ours: f64,
-    keda: f64,
     keda_operator: f64,
     keda_adapter: f64,
+}
+
+impl Memory {
+    fn keda(&self) -> f64 {
+        self.keda_operator + self.keda_adapter
+    }
 }
 
 async fn memory_with(lab: &Lab, roles: &[sides::Role], procs: (&Proc, &Keda)) -> Result<Memory> {
     let started = futures::future::join_all(roles.iter().map(|r| async move {
         lab.start(r).await?;
-        let client = lab.account.queue(&r.queue)?;
-        let sends = (0..100).map(|i| crate::common::enqueue(&client, format!("m{i}")));
-        futures::future::join_all(sends)
-            .await
-            .into_iter()
-            .collect::<Result<Vec<_>>>()
+        lab.send(&r.queue, 100).await
     }))
     .await;
     started.into_iter().collect::<Result<Vec<_>>>()?;
@@ -214,10 +214,18 @@ async fn memory_with(lab: &Lab, roles: &[sides::Role], procs: (&Proc, &Keda)) ->
     let (ours, keda) = procs;
     Ok(Memory {
         ours: ours.peak_rss_mib()?,
-        keda: keda.peak_rss_mib()?,
         keda_operator: keda.operator.peak_rss_mib()?,
         keda_adapter: keda.adapter.peak_rss_mib()?,
     })
+}
+
+/// Each role's side beside its result, failing with the first failed run.
+fn by_side<T>(roles: &[sides::Role], results: Vec<Result<T>>) -> Result<Vec<(Side, T)>> {
+    roles
+        .iter()
+        .zip(results)
+        .map(|(r, result)| Ok((r.side, result?)))
+        .collect()
 }
 
 async fn measure(
@@ -267,21 +275,11 @@ async fn measure(
     let trial_roles = both("t", args.runs);
     // NB: role i of each side meets the backlog i/runs of a polling interval later.
     let phase = |r: &sides::Role| {
-        let i: u32 = r
-            .name
-            .rsplit('-')
-            .next()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0);
-        Duration::from_secs(u64::from(POLLING_INTERVAL)) * i / u32::try_from(args.runs).unwrap_or(1)
+        Duration::from_secs(u64::from(POLLING_INTERVAL)).mul_f64(r.index as f64 / args.runs as f64)
     };
     let trials =
         futures::future::join_all(trial_roles.iter().map(|r| lab.trial(r, window, phase(r)))).await;
-    let trials: Vec<(Side, Trial)> = trial_roles
-        .iter()
-        .map(|r| r.side)
-        .zip(trials.into_iter().collect::<Result<Vec<_>>>()?)
-        .collect();
+    let trials = by_side(&trial_roles, trials)?;
     keda.check_alive()?;
     ours.check_alive()?;
 
@@ -304,18 +302,10 @@ async fn measure(
                 .map(|r| lab.queue_unreachable(r, observe))
         ),
     );
-    let sided =
-        |roles: &[sides::Role], outcomes: Vec<Result<Outcome>>| -> Result<Vec<(Side, Outcome)>> {
-            Ok(roles
-                .iter()
-                .map(|r| r.side)
-                .zip(outcomes.into_iter().collect::<Result<Vec<_>>>()?)
-                .collect())
-        };
     let (f, d, u) = (
-        sided(&flight, f)?,
-        sided(&deleted, d)?,
-        sided(&unreachable, u)?,
+        by_side(&flight, f)?,
+        by_side(&deleted, d)?,
+        by_side(&unreachable, u)?,
     );
     keda.check_alive()?;
     ours.check_alive()?;
@@ -361,35 +351,35 @@ fn per_minute(values: Vec<f64>) -> String {
 
 /// The runs' outcomes, identical ones counted: "held at 2 (3 of 3)".
 fn outcomes(all: &[(Side, Outcome)], side: Side) -> String {
-    let mut counted: Vec<(String, usize)> = Vec::new();
     let mine: Vec<&Outcome> = all
         .iter()
         .filter(|(s, _)| *s == side)
         .map(|(_, o)| o)
         .collect();
+    // NB: times differ run to run; the shape (which replica counts, in order) is what counts,
+    // with the time of each run's last change.
+    let mut shapes: Vec<(String, usize, Vec<String>)> = Vec::new();
     for o in &mine {
-        // NB: times differ run to run; the shape (which replica counts, in order) is what counts.
-        let shape = if o.changes.is_empty() {
-            o.describe()
-        } else {
-            let mut s = o.before.to_string();
-            for (_, r) in &o.changes {
-                let _ = write!(s, " → {r}");
+        let shape = o.shape();
+        let at = o.changes.last().map(|(t, _)| format!("{t:.0}"));
+        match shapes.iter_mut().find(|(s, _, _)| *s == shape) {
+            Some((_, count, times)) => {
+                *count += 1;
+                times.extend(at);
             }
-            let at: Vec<String> = mine
-                .iter()
-                .filter_map(|m| m.changes.last().map(|(t, _)| format!("{t:.0}")))
-                .collect();
-            format!("{s} (last change after {} s)", at.join("/"))
-        };
-        match counted.iter_mut().find(|(s, _)| *s == shape) {
-            Some((_, n)) => *n += 1,
-            None => counted.push((shape, 1)),
+            None => shapes.push((shape, 1, at.into_iter().collect())),
         }
     }
-    counted
+    shapes
         .into_iter()
-        .map(|(s, n)| format!("{s}, {n} of {}", mine.len()))
+        .map(|(shape, count, times)| {
+            let when = if times.is_empty() {
+                String::new()
+            } else {
+                format!(" (last change after {} s)", times.join("/"))
+            };
+            format!("{shape}{when}, {count} of {}", mine.len())
+        })
         .collect::<Vec<_>>()
         .join("; ")
 }
@@ -461,7 +451,9 @@ fn report(
                 format!("{:.1} MiB", m.ours),
                 format!(
                     "{:.1} MiB (operator {:.1} + adapter {:.1})",
-                    m.keda, m.keda_operator, m.keda_adapter
+                    m.keda(),
+                    m.keda_operator,
+                    m.keda_adapter
                 ),
             ),
         ));

@@ -214,11 +214,6 @@ impl Keda {
         Ok(Self { operator, adapter })
     }
 
-    /// Peak RSS of both processes together, in MiB.
-    pub fn peak_rss_mib(&self) -> Result<f64> {
-        Ok(self.operator.peak_rss_mib()? + self.adapter.peak_rss_mib()?)
-    }
-
     pub fn check_alive(&mut self) -> Result<()> {
         self.operator.check_alive()?;
         self.adapter.check_alive()

@@ -47,21 +47,22 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    /// "held at 2", "2 → 0 after 61 s", "2 → 1 after 15 s → 0 after 75 s".
-    pub fn describe(&self) -> String {
+    /// "held at 2", or the replica counts in order: "2 → 1 → 0".
+    pub fn shape(&self) -> String {
         if self.changes.is_empty() {
             return format!("held at {}", self.before);
         }
         let mut s = self.before.to_string();
-        for (at, replicas) in &self.changes {
-            s.push_str(&format!(" → {replicas} after {at:.0} s"));
+        for (_, replicas) in &self.changes {
+            s.push_str(&format!(" → {replicas}"));
         }
         s
     }
 }
 
 impl Lab {
-    async fn send(&self, queue: &str, n: usize) -> Result<()> {
+    /// `n` small messages onto `queue`, concurrently.
+    pub async fn send(&self, queue: &str, n: usize) -> Result<()> {
         let client = self.account.queue(queue)?;
         let sends = (0..n).map(|i| enqueue(&client, format!("m{i}")));
         futures::future::join_all(sends)

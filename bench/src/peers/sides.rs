@@ -48,6 +48,8 @@ impl Side {
 #[derive(Clone, Debug)]
 pub struct Role {
     pub side: Side,
+    /// Which of its side's roles in a scenario (0, 1, ...).
+    pub index: usize,
     /// The CqrsApp or ScaledObject name.
     pub name: String,
     pub queue: String,
@@ -141,6 +143,7 @@ impl Objects {
         };
         Role {
             side,
+            index: n,
             queue: format!("q{name}"),
             name,
             deployment,

@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
-use super::toolchain::{cache_base, download, go, go_toolchain};
+use super::toolchain::{cache_base, download, go, go_toolchain, replace_directives};
 use crate::shell::step;
 
 /// The KEDA release measured beside cqrs-operator.
@@ -139,37 +139,20 @@ fn copy_crds(from: &Path, to: &Path) -> Result<()> {
     Ok(())
 }
 
-/// `X => Y vN` replace lines of a go.mod (single-line and block form), as `(X, "Y vN")`.
+/// `X => Y vN` replace lines of a go.mod, as `(X, "Y vN")`; a local-path replace is an error
+/// (a wrapper module cannot copy it).
 fn version_replaces(go_mod: &str) -> Result<Vec<(String, String)>> {
-    let mut out = Vec::new();
-    let mut in_block = false;
-    for line in go_mod.lines() {
-        let line = line.split("//").next().unwrap_or_default().trim();
-        if line == "replace (" {
-            in_block = true;
-            continue;
-        }
-        if in_block && line == ")" {
-            in_block = false;
-            continue;
-        }
-        let body = match line.strip_prefix("replace ") {
-            Some(rest) => rest.trim(),
-            None if in_block => line,
-            None => continue,
-        };
-        let Some((from, target)) = body.split_once("=>") else {
-            continue;
-        };
-        let target = target.trim();
-        if target.starts_with('.') || target.starts_with('/') {
-            bail!(
-                "{MODULE}@{KEDA} replaces {from} with a local path ({target}), which a wrapper module cannot copy"
-            );
-        }
-        out.push((from.trim().to_owned(), target.to_owned()));
+    let replaces = replace_directives(go_mod);
+    if let Some((from, target)) = replaces
+        .iter()
+        .find(|(_, t)| t.starts_with('.') || t.starts_with('/'))
+    {
+        bail!(
+            "{MODULE}@{KEDA} replaces {from} with a local path ({target}), which a wrapper module \
+             cannot copy"
+        );
     }
-    Ok(out)
+    Ok(replaces)
 }
 
 fn wrapper_go_mod(keda_go_mod: &str) -> Result<String> {

@@ -105,7 +105,8 @@ pub fn ensure() -> Result<PathBuf> {
 pub fn go_toolchain() -> Result<PathBuf> {
     if !on_path("go") {
         bail!(
-            "the local control plane is built from the Go module proxy, and `go` is not on PATH: \
+            "the local control plane (and KEDA, for `bench peers`) is built from the Go module \
+             proxy, and `go` is not on PATH: \
              install Go 1.{MIN_GO_MINOR} or newer (https://go.dev/doc/install, or your package \
              manager's golang package if it is that new), then run this again"
         );
@@ -212,19 +213,38 @@ pub fn download(go_bin: &Path, dir: &Path, module: &str) -> Result<Downloaded> {
 
 /// Module paths of `X => ./staging/src/X` lines.
 fn parse_staging_replaces(go_mod: &str) -> Vec<String> {
-    go_mod
-        .lines()
-        .filter_map(|line| {
-            let (module, target) = line.split_once("=>")?;
-            target.trim().starts_with("./staging/").then(|| {
-                module
-                    .trim()
-                    .trim_start_matches("replace")
-                    .trim()
-                    .to_owned()
-            })
-        })
+    replace_directives(go_mod)
+        .into_iter()
+        .filter(|(_, target)| target.starts_with("./staging/"))
+        .map(|(module, _)| module)
         .collect()
+}
+
+/// The replace directives of a go.mod (single-line and block form, comments dropped), as
+/// `(module, target)`: `("k8s.io/api", "k8s.io/api v0.33.5")`, `("k8s.io/api", "./staging/...")`.
+pub fn replace_directives(go_mod: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut in_block = false;
+    for line in go_mod.lines() {
+        let line = line.split("//").next().unwrap_or_default().trim();
+        if line == "replace (" {
+            in_block = true;
+            continue;
+        }
+        if in_block && line == ")" {
+            in_block = false;
+            continue;
+        }
+        let body = match line.strip_prefix("replace ") {
+            Some(rest) => rest.trim(),
+            None if in_block => line,
+            None => continue,
+        };
+        if let Some((module, target)) = body.split_once("=>") {
+            out.push((module.trim().to_owned(), target.trim().to_owned()));
+        }
+    }
+    out
 }
 
 /// `v1.33.13` → `v0.33.13`, the tag the staging modules are published under.
