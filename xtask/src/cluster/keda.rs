@@ -57,19 +57,20 @@ pub fn ensure() -> Result<Keda> {
         api_service: dir.join("api_service.yaml"),
     };
     let src = dir.join("src");
-    let stamp = dir.join("bin/.go.mod");
-    let fresh = |go_mod: &str| {
-        keda.operator.is_file()
-            && keda.adapter.is_file()
-            && keda.crds.is_dir()
-            && keda.api_service.is_file()
-            && std::fs::read_to_string(&stamp).is_ok_and(|s| s == go_mod)
-    };
-    // NB: the stamp is the wrapper go.mod, which depends only on the pinned versions: when
-    // the binaries are there and it matches, nothing (not even the proxy) is asked.
-    if let Ok(go_mod) = std::fs::read_to_string(src.join("go.mod"))
-        && fresh(&go_mod)
-    {
+    let stamp = dir.join("bin/.inputs");
+    // NB: what the build depends on, from constants alone: when the binaries are there and
+    // the stamp matches, nothing (not go, not the proxy) is run. (`go mod tidy` rewrites the
+    // wrapper go.mod, so the go.mod itself cannot be the stamp.)
+    let inputs = format!(
+        "{MODULE}@{KEDA}; refused versions replaced: {REFUSED:?}; {}",
+        ldflags()
+    );
+    let fresh = keda.operator.is_file()
+        && keda.adapter.is_file()
+        && keda.crds.is_dir()
+        && keda.api_service.is_file()
+        && std::fs::read_to_string(&stamp).is_ok_and(|s| s == inputs);
+    if fresh {
         return Ok(keda);
     }
     let go_bin = go_toolchain()?;
@@ -107,7 +108,7 @@ pub fn ensure() -> Result<Keda> {
                 .arg(format!("{MODULE}/cmd/{package}")),
         )?;
     }
-    std::fs::write(&stamp, &go_mod)?;
+    std::fs::write(&stamp, &inputs)?;
     println!("    KEDA ready in {:.0}s", started.elapsed().as_secs_f32());
     Ok(keda)
 }
