@@ -43,13 +43,10 @@ async fn workers_scale_up_drain_a_backlog_lose_nothing_when_killed_and_return_to
     let scaling = "{minReplicas: 0, maxReplicas: 3, targetQueueLength: 40, pollingInterval: 1, cooldownPeriod: 3, scaleDown: {stabilizationWindowSeconds: 0}}";
     let setup = support::LocalSetup::new(dir.path(), "localtest", scaling);
     let status_addr = setup.status_addr.clone();
-    let runtime = setup.start(&azurite);
-    wait_until("the local runtime to be ready", || async {
-        reqwest::get(format!("http://{status_addr}/status"))
-            .await
-            .is_ok_and(|r| r.status().is_success())
-    })
-    .await;
+    let mut runtime = setup.start(&azurite);
+    runtime
+        .wait_serving("the local runtime", &format!("http://{status_addr}/status"))
+        .await;
     assert_eq!(
         registrar(&status(&status_addr).await),
         (0, 0),
@@ -92,10 +89,9 @@ async fn workers_scale_up_drain_a_backlog_lose_nothing_when_killed_and_return_to
 
     // A backlog of 600 registrations through the web role, 16 at a time.
     let web = setup.web();
-    wait_until("the web role", || async {
-        reqwest::get(format!("{web}/healthz")).await.is_ok()
-    })
-    .await;
+    runtime
+        .wait_serving("the web role", &format!("{web}/healthz"))
+        .await;
     let http = reqwest::Client::new();
     let posts = (0..600).map(|i| {
         let (http, web) = (http.clone(), web.clone());

@@ -321,12 +321,11 @@ async fn killing_workers_repeatedly_loses_nothing() {
     let scaling = "{minReplicas: 2, maxReplicas: 3, targetQueueLength: 50, pollingInterval: 1, cooldownPeriod: 5}";
     let setup = support::LocalSetup::new(dir.path(), "chaos", scaling);
     let status_addr = setup.status_addr.clone();
-    let runtime = setup.start(&azurite);
+    let mut runtime = setup.start(&azurite);
     let web = setup.web();
-    wait_until("the web role", || async {
-        reqwest::get(format!("{web}/healthz")).await.is_ok()
-    })
-    .await;
+    runtime
+        .wait_serving("the web role", &format!("{web}/healthz"))
+        .await;
 
     // The chaos monkey: SIGKILL a random worker process every 3 s until told to stop. (Much
     // faster and the runtime's restart backoff, meant for crash loops, keeps replicas down.)

@@ -4,13 +4,13 @@
 //! `.tools/azurite/` of the workspace. [`Azurite::start`] runs it on free loopback ports and
 //! stops it when dropped.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use tokio::process::{Child, Command};
 
+use crate::azurite_cli::{Listening, Ready};
 use crate::connection::ConnectionString;
 
 /// Overrides where the Azurite executable is.
@@ -39,17 +39,14 @@ pub enum AzuriteError {
         /// What happened (with its output when it exited).
         reason: String,
     },
-    /// No free port.
-    #[error("no free loopback port: {0}")]
-    Port(std::io::Error),
 }
 
 /// Options for [`Azurite::start`].
 #[derive(Clone, Debug, Default)]
 pub struct AzuriteOptions {
-    /// Blob port (0: pick a free one).
+    /// Blob port (0: one the kernel picks).
     pub blob_port: u16,
-    /// Queue port (0: pick a free one).
+    /// Queue port (0: one the kernel picks).
     pub queue_port: u16,
     /// Keep data on disk here; `None` keeps it in memory (faster; lost on stop).
     pub location: Option<PathBuf>,
@@ -65,6 +62,7 @@ pub struct Azurite {
     queue_port: u16,
     bin: PathBuf,
     options: AzuriteOptions,
+    stderr: Stderr,
 }
 
 impl Azurite {
@@ -79,32 +77,27 @@ impl Azurite {
         )
     }
 
-    /// Starts Azurite and waits until both services accept connections. Ports left at 0 are
-    /// picked free; when another process takes one before Azurite binds it (tests start
-    /// many in parallel), it tries again on fresh ones.
+    /// Starts Azurite and waits until its services listen. Ports left at 0 are bound by
+    /// Azurite on ports the kernel picks (read from what it prints), so no other process can
+    /// take one in between.
     pub async fn start(options: AzuriteOptions) -> Result<Self, AzuriteError> {
         let bin = Self::find()?;
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let mut options = options.clone();
-            options.blob_port = pick_port(options.blob_port)?;
-            options.queue_port = pick_port(options.queue_port)?;
-            let child = spawn(&bin, &options)?;
-            let mut azurite = Azurite {
-                child,
-                blob_port: options.blob_port,
-                queue_port: options.queue_port,
-                bin: bin.clone(),
-                options,
-            };
-            match azurite.wait_ready(Duration::from_secs(60)).await {
-                Ok(()) => return Ok(azurite),
-                Err(AzuriteError::Start { reason, .. })
-                    if reason.contains("EADDRINUSE") && attempt < 3 => {}
-                Err(e) => return Err(e),
-            }
-        }
+        let (child, listening, stderr) = spawn(&bin, &options)?;
+        let mut azurite = Azurite {
+            child,
+            blob_port: options.blob_port,
+            queue_port: options.queue_port,
+            bin,
+            options,
+            stderr,
+        };
+        azurite
+            .wait_ready(listening, Duration::from_secs(60))
+            .await?;
+        // A restart binds the same ports (its clients keep their endpoints).
+        azurite.options.blob_port = azurite.blob_port;
+        azurite.options.queue_port = azurite.queue_port;
+        Ok(azurite)
     }
 
     /// Stops Azurite gracefully (SIGTERM, so on-disk data is flushed) and waits for it.
@@ -125,26 +118,37 @@ impl Azurite {
 
     /// Starts it again on the same ports and data after [`Azurite::shut_down`].
     pub async fn restart(&mut self) -> Result<(), AzuriteError> {
-        self.child = spawn(&self.bin, &self.options)?;
-        self.wait_ready(Duration::from_secs(60)).await
+        let (child, listening, stderr) = spawn(&self.bin, &self.options)?;
+        self.child = child;
+        self.stderr = stderr;
+        self.wait_ready(listening, Duration::from_secs(60)).await
     }
 
-    async fn wait_ready(&mut self, limit: Duration) -> Result<(), AzuriteError> {
+    /// Waits until Azurite says all its services listen, and takes the ports it names.
+    async fn wait_ready(
+        &mut self,
+        mut listening: Listening,
+        limit: Duration,
+    ) -> Result<(), AzuriteError> {
         let deadline = Instant::now() + limit;
         loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                let mut output = String::new();
-                if let Some(mut stderr) = self.child.stderr.take() {
-                    use tokio::io::AsyncReadExt as _;
-                    let _ = stderr.read_to_string(&mut output).await;
+            match listening.poll() {
+                Ready::Ports { blob, queue } => {
+                    (self.blob_port, self.queue_port) = (blob, queue);
+                    return Ok(());
                 }
-                return Err(start_err(
-                    &self.bin,
-                    format!("exited with {status}: {}", output.trim()),
-                ));
+                Ready::Closed => {
+                    let status = self
+                        .child
+                        .wait()
+                        .await
+                        .map_err(|e| start_err(&self.bin, e))?;
+                    return Err(self.exited(status).await);
+                }
+                Ready::Pending => {}
             }
-            if port_open(self.blob_port) && port_open(self.queue_port) {
-                return Ok(());
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(self.exited(status).await);
             }
             if Instant::now() > deadline {
                 return Err(start_err(
@@ -154,6 +158,17 @@ impl Azurite {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// The error for an Azurite that exited during start-up, with what it printed.
+    async fn exited(&self, status: std::process::ExitStatus) -> AzuriteError {
+        // Its stderr is read to the end by a thread of its own; give it a moment to get there.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let output = self.stderr.lock().map(|s| s.clone()).unwrap_or_default();
+        start_err(
+            &self.bin,
+            format!("exited with {status}: {}", output.trim()),
+        )
     }
 
     /// The connection string for this instance.
@@ -228,26 +243,54 @@ fn find_in(
     Err(AzuriteError::NotInstalled { searched })
 }
 
-fn spawn(bin: &Path, options: &AzuriteOptions) -> Result<Child, AzuriteError> {
-    let table_port = pick_port(0)?;
+/// The last bytes Azurite wrote to its standard error.
+type Stderr = std::sync::Arc<std::sync::Mutex<String>>;
+
+fn spawn(bin: &Path, options: &AzuriteOptions) -> Result<(Child, Listening, Stderr), AzuriteError> {
     if let Some(dir) = &options.location {
         std::fs::create_dir_all(dir).map_err(|e| start_err(bin, e))?;
     }
     let mut cmd = Command::new(bin);
-    cmd.args(crate::azurite_args::azurite_args(
+    cmd.args(crate::azurite_cli::azurite_args(
         options.blob_port,
         options.queue_port,
-        table_port,
         options.location.as_deref(),
     ))
     .stdin(Stdio::null())
-    .stdout(Stdio::null())
+    .stdout(Stdio::piped())
     .stderr(Stdio::piped())
     .kill_on_drop(true);
     if let Some((name, key)) = &options.account {
         cmd.env("AZURITE_ACCOUNTS", format!("{name}:{key}"));
     }
-    cmd.spawn().map_err(|e| start_err(bin, e))
+    let mut child = cmd.spawn().map_err(|e| start_err(bin, e))?;
+    // Both pipes are read on threads of their own, to the end: independent of the async
+    // runtime that started it (tests share one Azurite across runtimes), and never full.
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let stdout = std::fs::File::from(stdout.into_owned_fd().map_err(|e| start_err(bin, e))?);
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let mut stderr = std::fs::File::from(stderr.into_owned_fd().map_err(|e| start_err(bin, e))?);
+    let kept = Stderr::default();
+    let into = kept.clone();
+    std::thread::spawn(move || {
+        use std::io::Read as _;
+        let mut chunk = [0u8; 4096];
+        while let Ok(n @ 1..) = stderr.read(&mut chunk) {
+            let mut kept = into
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            kept.push_str(&String::from_utf8_lossy(&chunk[..n]));
+            // The last 8 KiB are enough to say why it stopped.
+            if kept.len() > 16 * 1024 {
+                let cut = kept.len() - 8 * 1024;
+                let cut = (cut..kept.len())
+                    .find(|&i| kept.is_char_boundary(i))
+                    .unwrap_or(cut);
+                kept.drain(..cut);
+            }
+        }
+    });
+    Ok((child, Listening::watch(stdout), kept))
 }
 
 fn start_err(bin: &Path, reason: impl ToString) -> AzuriteError {
@@ -255,22 +298,6 @@ fn start_err(bin: &Path, reason: impl ToString) -> AzuriteError {
         bin: bin.display().to_string(),
         reason: reason.to_string(),
     }
-}
-
-fn pick_port(port: u16) -> Result<u16, AzuriteError> {
-    if port != 0 {
-        return Ok(port);
-    }
-    let listener = TcpListener::bind("127.0.0.1:0").map_err(AzuriteError::Port)?;
-    listener
-        .local_addr()
-        .map(|a| a.port())
-        .map_err(AzuriteError::Port)
-}
-
-fn port_open(port: u16) -> bool {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
 }
 
 /// Set by `cargo xtask test` to the connection string of one Azurite it started for the whole

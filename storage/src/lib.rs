@@ -17,7 +17,7 @@ pub mod arm;
 #[cfg(feature = "test-support")]
 pub mod azurite;
 #[cfg(feature = "test-support")]
-mod azurite_args;
+mod azurite_cli;
 pub mod blobs;
 pub mod claims;
 pub mod connection;

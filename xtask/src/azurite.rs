@@ -1,9 +1,10 @@
 //! Starting Azurite for `cargo xtask test`, `bench` and `up`: one command line, one wait.
 
-// NB: the command line is the storage crate's own (`cqrs_storage::azurite` starts the tests'
-// private instances with it), included by path so this crate stays free of its dependencies.
-#[path = "../../storage/src/azurite_args.rs"]
-mod azurite_args;
+// NB: the command line and the reading of its output are the storage crate's own
+// (`cqrs_storage::azurite` starts the tests' private instances with them), included by path so
+// this crate stays free of its dependencies.
+#[path = "../../storage/src/azurite_cli.rs"]
+mod azurite_cli;
 
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::process::CommandExt as _;
@@ -12,6 +13,8 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+
+use azurite_cli::{Listening, Ready};
 
 /// Whether something accepts connections on a loopback port.
 pub fn listening(port: u16) -> bool {
@@ -23,45 +26,60 @@ pub fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// Starts Azurite on loopback `blob`/`queue` ports, with its data in `data` (or in memory).
-/// With `own_group` it gets its own process group, so a Ctrl-C in the terminal does not reach
-/// it (the caller stops it, after the app); without, it dies with us on Ctrl-C.
+/// A started Azurite and where its announcements of the ports it listens on arrive.
+pub struct Started {
+    pub child: Child,
+    listening: Listening,
+}
+
+/// Starts Azurite on loopback `blob`/`queue` ports (0: ports the kernel picks), with its data
+/// in `data` (or in memory). With `own_group` it gets its own process group, so a Ctrl-C in
+/// the terminal does not reach it (the caller stops it, after the app); without, it dies with
+/// us on Ctrl-C.
 pub fn spawn(
     bin: &Path,
     blob: u16,
     queue: u16,
     data: Option<&Path>,
     own_group: bool,
-) -> Result<Child> {
-    let table = free_port()?;
+) -> Result<Started> {
     let mut cmd = Command::new(bin);
-    cmd.args(azurite_args::azurite_args(blob, queue, table, data))
+    cmd.args(azurite_cli::azurite_args(blob, queue, data))
         .stdin(Stdio::null())
-        .stdout(Stdio::null());
+        .stdout(Stdio::piped());
     if own_group {
         cmd.process_group(0);
     }
-    cmd.spawn()
-        .with_context(|| format!("cannot start {}", bin.display()))
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("cannot start {}", bin.display()))?;
+    let stdout = child.stdout.take().context("Azurite's stdout")?;
+    Ok(Started {
+        child,
+        listening: Listening::watch(stdout),
+    })
 }
 
-/// Waits (up to 60 s) until `child` listens on both ports; `Err(status)` when it exited first.
-pub fn wait_listening(
-    child: &mut Child,
-    blob: u16,
-    queue: u16,
-) -> Result<std::result::Result<(), ExitStatus>> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !(listening(blob) && listening(queue)) {
-        if let Some(status) = child.try_wait()? {
-            return Ok(Err(status));
+impl Started {
+    /// Waits (up to 60 s) until all its services listen: `Ok((blob, queue))` with the ports it
+    /// bound, `Err(status)` when it exited first.
+    pub fn wait_listening(&mut self) -> Result<std::result::Result<(u16, u16), ExitStatus>> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match self.listening.poll() {
+                Ready::Ports { blob, queue } => return Ok(Ok((blob, queue))),
+                Ready::Closed => return Ok(Err(self.child.wait()?)),
+                Ready::Pending => {}
+            }
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(Err(status));
+            }
+            if Instant::now() > deadline {
+                bail!("Azurite did not say it listens within 60 s");
+            }
+            std::thread::sleep(Duration::from_millis(100));
         }
-        if Instant::now() > deadline {
-            bail!("Azurite did not listen on ports {blob}/{queue} within 60 s");
-        }
-        std::thread::sleep(Duration::from_millis(100));
     }
-    Ok(Ok(()))
 }
 
 /// Stops `child` and reaps it.

@@ -4,12 +4,12 @@
 //! how to get them otherwise. Waits for conditions with deadlines, never for fixed times;
 //! dumps operator logs and events when a step fails; deletes the cluster unless `--keep`.
 
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+use crate::azurite::free_port;
 use crate::images;
 use crate::shell::{on_path, output, root, step};
 
@@ -64,10 +64,6 @@ fn kubectl() -> Command {
         NAMESPACE,
     ]);
     c
-}
-
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// Polls `check` every second until it returns `Some`, or fails after `limit`.

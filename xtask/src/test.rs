@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use anyhow::{Result, bail};
 
-use crate::azurite::{self, free_port};
+use crate::azurite;
 use crate::shell::{cargo, on_path, step};
 use crate::{crd, tools};
 
@@ -95,31 +95,29 @@ pub struct SharedAzurite {
 }
 
 impl SharedAzurite {
-    /// Starts it on free ports, trying fresh ones when another process took a port between
-    /// our check and Azurite's bind.
+    /// Starts it on ports the kernel picks (read from what it prints, so no other process can
+    /// take one between our choice and its bind).
     pub fn start(bin: &std::path::Path) -> Result<Self> {
         println!("\n==> starting Azurite for the tests");
-        let mut last = None;
-        for _ in 0..3 {
-            let (blob, queue) = (free_port()?, free_port()?);
-            let mut child = azurite::spawn(bin, blob, queue, None, false)?;
-            match azurite::wait_listening(&mut child, blob, queue) {
-                Ok(Ok(())) => {
-                    println!("    listening: blob 127.0.0.1:{blob}, queue 127.0.0.1:{queue}");
-                    return Ok(SharedAzurite { child, blob, queue });
-                }
-                Ok(Err(status)) => last = Some(status),
-                Err(e) => {
-                    azurite::stop(&mut child);
-                    return Err(e);
-                }
+        let mut started = azurite::spawn(bin, 0, 0, None, false)?;
+        match started.wait_listening() {
+            Ok(Ok((blob, queue))) => {
+                println!("    listening: blob 127.0.0.1:{blob}, queue 127.0.0.1:{queue}");
+                Ok(SharedAzurite {
+                    child: started.child,
+                    blob,
+                    queue,
+                })
+            }
+            Ok(Err(status)) => bail!(
+                "Azurite exited during start-up ({status}); run {} by hand to see why",
+                bin.display()
+            ),
+            Err(e) => {
+                azurite::stop(&mut started.child);
+                Err(e)
             }
         }
-        bail!(
-            "Azurite exited during start-up three times (last: {}); run {} by hand to see why",
-            last.map_or_else(String::new, |s| s.to_string()),
-            bin.display()
-        )
     }
 
     /// Its connection string.

@@ -426,8 +426,6 @@ spec:
     )
 }
 
-/// A local-runtime setup on fresh names: the manifest written to `dir/app.yaml` and free
-/// ports for the web role and the status endpoint.
 /// A local runtime running in this test process.
 pub struct InProcess {
     stop: tokio::sync::oneshot::Sender<()>,
@@ -435,6 +433,30 @@ pub struct InProcess {
 }
 
 impl InProcess {
+    /// Waits until `url` answers (any HTTP response), polling every 100 ms for up to 60 s;
+    /// fails at once with the runtime's error when it ended instead (say, storage could not
+    /// be provisioned), rather than waiting out the 60 s.
+    pub async fn wait_serving(&mut self, what: &str, url: &str) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if self.runtime.is_finished() {
+                match (&mut self.runtime).await {
+                    Ok(Ok(())) => panic!("the local runtime stopped before {what} answered"),
+                    Ok(Err(e)) => panic!("the local runtime failed before {what} answered: {e}"),
+                    Err(e) => panic!("the local runtime panicked before {what} answered: {e}"),
+                }
+            }
+            if reqwest::get(url).await.is_ok() {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what} ({url}); the local runtime still runs"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Shuts it down as Ctrl-C would and waits (at most 60 s) for a clean exit.
     pub async fn stop(self) {
         self.stop.send(()).unwrap();
@@ -446,6 +468,8 @@ impl InProcess {
     }
 }
 
+/// A local-runtime setup on fresh names: the manifest written to `dir/app.yaml` and free
+/// ports for the web role and the status endpoint.
 pub struct LocalSetup {
     pub names: Names,
     pub manifest: std::path::PathBuf,

@@ -1,0 +1,170 @@
+//! Azurite's command line and what it prints when it listens, one definition for the test
+//! harness (`cqrs_storage::azurite`) and for xtask (`cargo xtask up` and `cargo xtask test`).
+//! xtask includes this file by path (`#[path]`), so it shares them without building the
+//! storage crate's dependencies: std only.
+//!
+//! NB: ports are best left at 0. Azurite then binds ports the kernel picks and prints them;
+//! a port picked by us beforehand can be taken by another process before Azurite binds it
+//! (tests start many at once), and the table service, which starts last, would then make
+//! Azurite exit after the blob and queue services already answered.
+
+use std::ffi::OsString;
+use std::io::{BufRead as _, BufReader, Read};
+use std::path::Path;
+use std::sync::mpsc;
+
+/// Arguments that run Azurite quietly on 127.0.0.1 with the given blob and queue ports (0: the
+/// kernel picks), its table service (unused) on a port the kernel picks, and its data under
+/// `location` or in memory.
+pub fn azurite_args(blob: u16, queue: u16, location: Option<&Path>) -> Vec<OsString> {
+    let mut args: Vec<OsString> = [
+        "--silent",
+        "--skipApiVersionCheck",
+        "--loose",
+        "--disableTelemetry",
+    ]
+    .into_iter()
+    .map(OsString::from)
+    .collect();
+    for (service, port) in [("blob", blob), ("queue", queue), ("table", 0)] {
+        args.push(format!("--{service}Host").into());
+        args.push("127.0.0.1".into());
+        args.push(format!("--{service}Port").into());
+        args.push(port.to_string().into());
+    }
+    match location {
+        Some(dir) => {
+            args.push("--location".into());
+            args.push(dir.as_os_str().to_owned());
+        }
+        None => args.push("--inMemoryPersistence".into()),
+    }
+    args
+}
+
+/// The port in a line such as `Azurite Queue service is successfully listening at
+/// http://127.0.0.1:40123`, with the service's name (`Blob`, `Queue`, `Table`).
+pub fn listening_line(line: &str) -> Option<(&str, u16)> {
+    let rest = line.trim().strip_prefix("Azurite ")?;
+    let (service, address) = rest.split_once(" service is successfully listening at ")?;
+    let port = address
+        .rsplit_once(':')?
+        .1
+        .trim_end_matches('/')
+        .parse()
+        .ok()?;
+    Some((service, port))
+}
+
+/// Where Azurite's services listen, read from its standard output.
+#[derive(Debug)]
+pub struct Listening {
+    ports: mpsc::Receiver<(String, u16)>,
+    blob: Option<u16>,
+    queue: Option<u16>,
+    table: bool,
+}
+
+/// What [`Listening::poll`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ready {
+    /// All three services listen: the blob and queue ports.
+    Ports { blob: u16, queue: u16 },
+    /// Not yet.
+    Pending,
+    /// Its output ended first: it exited.
+    Closed,
+}
+
+impl Listening {
+    /// Reads `stdout` on a thread of its own until it ends (so Azurite never blocks on a full
+    /// pipe), passing on the ports it announces.
+    pub fn watch(stdout: impl Read + Send + 'static) -> Self {
+        let (tx, ports) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some((service, port)) = listening_line(&line) {
+                    // Once nobody waits any more this fails; it goes on draining.
+                    let _ = tx.send((service.to_string(), port));
+                }
+            }
+        });
+        Self {
+            ports,
+            blob: None,
+            queue: None,
+            table: false,
+        }
+    }
+
+    /// What has been announced so far; never blocks.
+    pub fn poll(&mut self) -> Ready {
+        loop {
+            match self.ports.try_recv() {
+                Ok((service, port)) => match service.as_str() {
+                    "Blob" => self.blob = Some(port),
+                    "Queue" => self.queue = Some(port),
+                    "Table" => self.table = true,
+                    _ => {}
+                },
+                Err(mpsc::TryRecvError::Empty) => break,
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    return match self.ports() {
+                        Some((blob, queue)) => Ready::Ports { blob, queue },
+                        None => Ready::Closed,
+                    };
+                }
+            }
+        }
+        self.ports()
+            .map_or(Ready::Pending, |(blob, queue)| Ready::Ports { blob, queue })
+    }
+
+    fn ports(&self) -> Option<(u16, u16)> {
+        match (self.blob, self.queue, self.table) {
+            (Some(blob), Some(queue), true) => Some((blob, queue)),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_are_read_from_what_azurite_prints_and_only_all_three_count() {
+        // As Azurite 3.35 prints them.
+        let out = "In-memory extent storage is enabled with a limit of 12052.53 MB\n\
+                   Azurite Blob service is starting at http://127.0.0.1:0\n\
+                   Azurite Blob service is successfully listening at http://127.0.0.1:35143\n\
+                   Azurite Queue service is starting at http://127.0.0.1:0\n\
+                   Azurite Queue service is successfully listening at http://127.0.0.1:39323\n";
+        let mut listening = Listening::watch(std::io::Cursor::new(out.to_string()));
+        // Output ended before the table service listened: it exited.
+        while listening.poll() == Ready::Pending {
+            std::thread::yield_now();
+        }
+        assert_eq!(listening.poll(), Ready::Closed);
+
+        let out = format!(
+            "{out}Azurite Table service is successfully listening at http://127.0.0.1:43491\n"
+        );
+        let mut listening = Listening::watch(std::io::Cursor::new(out));
+        while listening.poll() == Ready::Pending {
+            std::thread::yield_now();
+        }
+        assert_eq!(
+            listening.poll(),
+            Ready::Ports {
+                blob: 35143,
+                queue: 39323
+            }
+        );
+        assert_eq!(
+            listening_line("Azurite Blob service is starting at http://127.0.0.1:0"),
+            None
+        );
+    }
+}
