@@ -429,3 +429,20 @@ async fn a_redriven_claim_check_keeps_its_blob_for_the_new_message() {
     assert_eq!((swept.deleted, swept.kept), (0, 1));
     assert!(blob.exists().await.unwrap());
 }
+
+/// A service that cannot bind its port makes Azurite exit after the others already listen:
+/// that is a failed start, with Azurite's reason, never a ready instance (another process
+/// answering on the port does not count).
+#[tokio::test]
+async fn an_azurite_whose_port_is_taken_fails_to_start_with_its_reason() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let options = AzuriteOptions {
+        queue_port: taken.local_addr().unwrap().port(),
+        ..AzuriteOptions::default()
+    };
+    let err = Azurite::start(options)
+        .await
+        .expect_err("the queue port is taken")
+        .to_string();
+    assert!(err.contains("EADDRINUSE"), "{err}");
+}
