@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::process::{Child, Command};
 
@@ -58,11 +58,9 @@ pub struct AzuriteOptions {
 #[derive(Debug)]
 pub struct Azurite {
     child: Child,
-    blob_port: u16,
-    queue_port: u16,
     bin: PathBuf,
+    /// How it was started, with the ports it bound.
     options: AzuriteOptions,
-    stderr: Stderr,
 }
 
 impl Azurite {
@@ -85,18 +83,12 @@ impl Azurite {
         let (child, listening, stderr) = spawn(&bin, &options)?;
         let mut azurite = Azurite {
             child,
-            blob_port: options.blob_port,
-            queue_port: options.queue_port,
             bin,
             options,
-            stderr,
         };
-        azurite
-            .wait_ready(listening, Duration::from_secs(60))
-            .await?;
-        // A restart binds the same ports (its clients keep their endpoints).
-        azurite.options.blob_port = azurite.blob_port;
-        azurite.options.queue_port = azurite.queue_port;
+        // From here on `options` holds the ports it bound, so a restart binds the same ones
+        // (its clients keep their endpoints).
+        azurite.wait_ready(listening, stderr).await?;
         Ok(azurite)
     }
 
@@ -120,60 +112,53 @@ impl Azurite {
     pub async fn restart(&mut self) -> Result<(), AzuriteError> {
         let (child, listening, stderr) = spawn(&self.bin, &self.options)?;
         self.child = child;
-        self.stderr = stderr;
-        self.wait_ready(listening, Duration::from_secs(60)).await
+        self.wait_ready(listening, stderr).await
     }
 
-    /// Waits until Azurite says all its services listen, and takes the ports it names.
+    /// Waits (up to 60 s) until Azurite says all its services listen, and takes the ports it
+    /// names; when it exits first, the error carries what it wrote to stderr.
     async fn wait_ready(
         &mut self,
-        mut listening: Listening,
-        limit: Duration,
+        listening: Listening,
+        stderr: StderrTail,
     ) -> Result<(), AzuriteError> {
-        let deadline = Instant::now() + limit;
-        loop {
-            match listening.poll() {
-                Ready::Ports { blob, queue } => {
-                    (self.blob_port, self.queue_port) = (blob, queue);
-                    return Ok(());
-                }
-                Ready::Closed => {
-                    let status = self
-                        .child
-                        .wait()
-                        .await
-                        .map_err(|e| start_err(&self.bin, e))?;
-                    return Err(self.exited(status).await);
-                }
-                Ready::Pending => {}
+        let limit = Duration::from_secs(60);
+        let ready = tokio::task::spawn_blocking(move || listening.wait(limit))
+            .await
+            .map_err(|e| start_err(&self.bin, e))?;
+        match ready {
+            Ready::Ports { blob, queue } => {
+                (self.options.blob_port, self.options.queue_port) = (blob, queue);
+                Ok(())
             }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Err(self.exited(status).await);
-            }
-            if Instant::now() > deadline {
-                return Err(start_err(
+            Ready::Exited => {
+                let status = self
+                    .child
+                    .wait()
+                    .await
+                    .map_err(|e| start_err(&self.bin, e))?;
+                // Its stderr has ended with it.
+                let output = tokio::task::spawn_blocking(move || stderr.join())
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .unwrap_or_default();
+                Err(start_err(
                     &self.bin,
-                    format!("not listening after {limit:?}"),
-                ));
+                    format!("exited with {status}: {}", output.trim()),
+                ))
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            Ready::TimedOut => Err(start_err(
+                &self.bin,
+                format!("not listening after {limit:?}"),
+            )),
         }
-    }
-
-    /// The error for an Azurite that exited during start-up, with what it printed.
-    async fn exited(&self, status: std::process::ExitStatus) -> AzuriteError {
-        // Its stderr is read to the end by a thread of its own; give it a moment to get there.
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let output = self.stderr.lock().map(|s| s.clone()).unwrap_or_default();
-        start_err(
-            &self.bin,
-            format!("exited with {status}: {}", output.trim()),
-        )
     }
 
     /// The connection string for this instance.
     pub fn connection_string(&self) -> ConnectionString {
-        let mut cs = ConnectionString::development_at("127.0.0.1", self.blob_port, self.queue_port);
+        let (blob, queue) = (self.options.blob_port, self.options.queue_port);
+        let mut cs = ConnectionString::development_at("127.0.0.1", blob, queue);
         if let Some((name, key)) = &self.options.account {
             let endpoint = |port: u16| {
                 url::Url::parse(&format!("http://127.0.0.1:{port}/{name}")).expect("loopback URL")
@@ -181,20 +166,20 @@ impl Azurite {
             cs.account_name = name.clone();
             cs.account_key =
                 crate::connection::AccountKey::from_base64(key).expect("a base64 test key");
-            cs.blob_endpoint = endpoint(self.blob_port);
-            cs.queue_endpoint = endpoint(self.queue_port);
+            cs.blob_endpoint = endpoint(blob);
+            cs.queue_endpoint = endpoint(queue);
         }
         cs
     }
 
     /// Blob service port.
     pub fn blob_port(&self) -> u16 {
-        self.blob_port
+        self.options.blob_port
     }
 
     /// Queue service port.
     pub fn queue_port(&self) -> u16 {
-        self.queue_port
+        self.options.queue_port
     }
 
     /// Stops Azurite and waits for it to exit.
@@ -243,10 +228,14 @@ fn find_in(
     Err(AzuriteError::NotInstalled { searched })
 }
 
-/// The last bytes Azurite wrote to its standard error.
-type Stderr = std::sync::Arc<std::sync::Mutex<String>>;
+/// Azurite's standard error, read to the end on a thread of its own (so the pipe never fills);
+/// joined, it gives the last 8 to 16 KiB, enough to say why it stopped.
+type StderrTail = std::thread::JoinHandle<String>;
 
-fn spawn(bin: &Path, options: &AzuriteOptions) -> Result<(Child, Listening, Stderr), AzuriteError> {
+fn spawn(
+    bin: &Path,
+    options: &AzuriteOptions,
+) -> Result<(Child, Listening, StderrTail), AzuriteError> {
     if let Some(dir) = &options.location {
         std::fs::create_dir_all(dir).map_err(|e| start_err(bin, e))?;
     }
@@ -264,33 +253,24 @@ fn spawn(bin: &Path, options: &AzuriteOptions) -> Result<(Child, Listening, Stde
         cmd.env("AZURITE_ACCOUNTS", format!("{name}:{key}"));
     }
     let mut child = cmd.spawn().map_err(|e| start_err(bin, e))?;
-    // Both pipes are read on threads of their own, to the end: independent of the async
-    // runtime that started it (tests share one Azurite across runtimes), and never full.
+    // Both pipes are read on threads, not tasks: the instance outlives the async runtime that
+    // started it when tests share it.
     let stdout = child.stdout.take().expect("stdout is piped");
     let stdout = std::fs::File::from(stdout.into_owned_fd().map_err(|e| start_err(bin, e))?);
     let stderr = child.stderr.take().expect("stderr is piped");
     let mut stderr = std::fs::File::from(stderr.into_owned_fd().map_err(|e| start_err(bin, e))?);
-    let kept = Stderr::default();
-    let into = kept.clone();
-    std::thread::spawn(move || {
+    let tail = std::thread::spawn(move || {
         use std::io::Read as _;
-        let mut chunk = [0u8; 4096];
+        let (mut kept, mut chunk) = (Vec::new(), [0u8; 4096]);
         while let Ok(n @ 1..) = stderr.read(&mut chunk) {
-            let mut kept = into
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            kept.push_str(&String::from_utf8_lossy(&chunk[..n]));
-            // The last 8 KiB are enough to say why it stopped.
+            kept.extend_from_slice(&chunk[..n]);
             if kept.len() > 16 * 1024 {
-                let cut = kept.len() - 8 * 1024;
-                let cut = (cut..kept.len())
-                    .find(|&i| kept.is_char_boundary(i))
-                    .unwrap_or(cut);
-                kept.drain(..cut);
+                kept.drain(..kept.len() - 8 * 1024);
             }
         }
+        String::from_utf8_lossy(&kept).into_owned()
     });
-    Ok((child, Listening::watch(stdout), kept))
+    Ok((child, Listening::watch(stdout), tail))
 }
 
 fn start_err(bin: &Path, reason: impl ToString) -> AzuriteError {

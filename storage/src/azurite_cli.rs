@@ -12,6 +12,7 @@ use std::ffi::OsString;
 use std::io::{BufRead as _, BufReader, Read};
 use std::path::Path;
 use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 /// Arguments that run Azurite quietly on 127.0.0.1 with the given blob and queue ports (0: the
 /// kernel picks), its table service (unused) on a port the kernel picks, and its data under
@@ -56,24 +57,21 @@ pub fn listening_line(line: &str) -> Option<(&str, u16)> {
     Some((service, port))
 }
 
-/// Where Azurite's services listen, read from its standard output.
+/// Where Azurite's services listen, as it announces them on its standard output.
 #[derive(Debug)]
 pub struct Listening {
     ports: mpsc::Receiver<(String, u16)>,
-    blob: Option<u16>,
-    queue: Option<u16>,
-    table: bool,
 }
 
-/// What [`Listening::poll`] found.
+/// What [`Listening::wait`] found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Ready {
     /// All three services listen: the blob and queue ports.
     Ports { blob: u16, queue: u16 },
-    /// Not yet.
-    Pending,
     /// Its output ended first: it exited.
-    Closed,
+    Exited,
+    /// Neither within the time given.
+    TimedOut,
 }
 
 impl Listening {
@@ -90,41 +88,31 @@ impl Listening {
                 }
             }
         });
-        Self {
-            ports,
-            blob: None,
-            queue: None,
-            table: false,
-        }
+        Self { ports }
     }
 
-    /// What has been announced so far; never blocks.
-    pub fn poll(&mut self) -> Ready {
+    /// Blocks until all three services said they listen, Azurite's output ended (it exited:
+    /// its stdout closes with it), or `limit` passed.
+    pub fn wait(self, limit: Duration) -> Ready {
+        let deadline = Instant::now() + limit;
+        let (mut blob, mut queue, mut table) = (None, None, false);
         loop {
-            match self.ports.try_recv() {
+            if let (Some(blob), Some(queue), true) = (blob, queue, table) {
+                return Ready::Ports { blob, queue };
+            }
+            match self
+                .ports
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            {
                 Ok((service, port)) => match service.as_str() {
-                    "Blob" => self.blob = Some(port),
-                    "Queue" => self.queue = Some(port),
-                    "Table" => self.table = true,
+                    "Blob" => blob = Some(port),
+                    "Queue" => queue = Some(port),
+                    "Table" => table = true,
                     _ => {}
                 },
-                Err(mpsc::TryRecvError::Empty) => break,
-                Err(mpsc::TryRecvError::Disconnected) => {
-                    return match self.ports() {
-                        Some((blob, queue)) => Ready::Ports { blob, queue },
-                        None => Ready::Closed,
-                    };
-                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => return Ready::Exited,
+                Err(mpsc::RecvTimeoutError::Timeout) => return Ready::TimedOut,
             }
-        }
-        self.ports()
-            .map_or(Ready::Pending, |(blob, queue)| Ready::Ports { blob, queue })
-    }
-
-    fn ports(&self) -> Option<(u16, u16)> {
-        match (self.blob, self.queue, self.table) {
-            (Some(blob), Some(queue), true) => Some((blob, queue)),
-            _ => None,
         }
     }
 }
@@ -141,27 +129,25 @@ mod tests {
                    Azurite Blob service is successfully listening at http://127.0.0.1:35143\n\
                    Azurite Queue service is starting at http://127.0.0.1:0\n\
                    Azurite Queue service is successfully listening at http://127.0.0.1:39323\n";
-        let mut listening = Listening::watch(std::io::Cursor::new(out.to_string()));
         // Output ended before the table service listened: it exited.
-        while listening.poll() == Ready::Pending {
-            std::thread::yield_now();
-        }
-        assert_eq!(listening.poll(), Ready::Closed);
+        let listening = Listening::watch(std::io::Cursor::new(out.to_string()));
+        assert_eq!(listening.wait(Duration::from_secs(10)), Ready::Exited);
 
         let out = format!(
             "{out}Azurite Table service is successfully listening at http://127.0.0.1:43491\n"
         );
-        let mut listening = Listening::watch(std::io::Cursor::new(out));
-        while listening.poll() == Ready::Pending {
-            std::thread::yield_now();
-        }
+        let listening = Listening::watch(std::io::Cursor::new(out));
         assert_eq!(
-            listening.poll(),
+            listening.wait(Duration::from_secs(10)),
             Ready::Ports {
                 blob: 35143,
                 queue: 39323
             }
         );
+        // Nothing printed and nothing ended: it times out.
+        let (silent, _keep_open) = std::io::pipe().unwrap();
+        let listening = Listening::watch(silent);
+        assert_eq!(listening.wait(Duration::from_millis(50)), Ready::TimedOut);
         assert_eq!(
             listening_line("Azurite Blob service is starting at http://127.0.0.1:0"),
             None

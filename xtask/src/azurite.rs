@@ -10,11 +10,12 @@ use std::net::{TcpListener, TcpStream};
 use std::os::unix::process::CommandExt as _;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
-use azurite_cli::{Listening, Ready};
+pub use azurite_cli::Listening;
+use azurite_cli::Ready;
 
 /// Whether something accepts connections on a loopback port.
 pub fn listening(port: u16) -> bool {
@@ -26,23 +27,17 @@ pub fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// A started Azurite and where its announcements of the ports it listens on arrive.
-pub struct Started {
-    pub child: Child,
-    listening: Listening,
-}
-
 /// Starts Azurite on loopback `blob`/`queue` ports (0: ports the kernel picks), with its data
-/// in `data` (or in memory). With `own_group` it gets its own process group, so a Ctrl-C in
-/// the terminal does not reach it (the caller stops it, after the app); without, it dies with
-/// us on Ctrl-C.
+/// in `data` (or in memory), and watches what it says about its ports. With `own_group` it gets
+/// its own process group, so a Ctrl-C in the terminal does not reach it (the caller stops it,
+/// after the app); without, it dies with us on Ctrl-C.
 pub fn spawn(
     bin: &Path,
     blob: u16,
     queue: u16,
     data: Option<&Path>,
     own_group: bool,
-) -> Result<Started> {
+) -> Result<(Child, Listening)> {
     let mut cmd = Command::new(bin);
     cmd.args(azurite_cli::azurite_args(blob, queue, data))
         .stdin(Stdio::null())
@@ -54,31 +49,19 @@ pub fn spawn(
         .spawn()
         .with_context(|| format!("cannot start {}", bin.display()))?;
     let stdout = child.stdout.take().context("Azurite's stdout")?;
-    Ok(Started {
-        child,
-        listening: Listening::watch(stdout),
-    })
+    Ok((child, Listening::watch(stdout)))
 }
 
-impl Started {
-    /// Waits (up to 60 s) until all its services listen: `Ok((blob, queue))` with the ports it
-    /// bound, `Err(status)` when it exited first.
-    pub fn wait_listening(&mut self) -> Result<std::result::Result<(u16, u16), ExitStatus>> {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            match self.listening.poll() {
-                Ready::Ports { blob, queue } => return Ok(Ok((blob, queue))),
-                Ready::Closed => return Ok(Err(self.child.wait()?)),
-                Ready::Pending => {}
-            }
-            if let Some(status) = self.child.try_wait()? {
-                return Ok(Err(status));
-            }
-            if Instant::now() > deadline {
-                bail!("Azurite did not say it listens within 60 s");
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+/// Waits (up to 60 s) until all its services listen: `Ok((blob, queue))` with the ports it
+/// bound, `Err(status)` when it exited first.
+pub fn wait_listening(
+    child: &mut Child,
+    listening: Listening,
+) -> Result<std::result::Result<(u16, u16), ExitStatus>> {
+    match listening.wait(Duration::from_secs(60)) {
+        Ready::Ports { blob, queue } => Ok(Ok((blob, queue))),
+        Ready::Exited => Ok(Err(child.wait()?)),
+        Ready::TimedOut => bail!("Azurite did not say it listens within 60 s"),
     }
 }
 

@@ -99,22 +99,18 @@ impl SharedAzurite {
     /// take one between our choice and its bind).
     pub fn start(bin: &std::path::Path) -> Result<Self> {
         println!("\n==> starting Azurite for the tests");
-        let mut started = azurite::spawn(bin, 0, 0, None, false)?;
-        match started.wait_listening() {
+        let (mut child, listening) = azurite::spawn(bin, 0, 0, None, false)?;
+        match azurite::wait_listening(&mut child, listening) {
             Ok(Ok((blob, queue))) => {
                 println!("    listening: blob 127.0.0.1:{blob}, queue 127.0.0.1:{queue}");
-                Ok(SharedAzurite {
-                    child: started.child,
-                    blob,
-                    queue,
-                })
+                Ok(SharedAzurite { child, blob, queue })
             }
             Ok(Err(status)) => bail!(
                 "Azurite exited during start-up ({status}); run {} by hand to see why",
                 bin.display()
             ),
             Err(e) => {
-                azurite::stop(&mut started.child);
+                azurite::stop(&mut child);
                 Err(e)
             }
         }

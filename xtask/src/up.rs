@@ -55,11 +55,11 @@ fn azurite() -> Result<OwnAzurite> {
     let data = root().join(".tools/azurite-data");
     std::fs::create_dir_all(&data)?;
     println!("\n==> starting Azurite (data in .tools/azurite-data)");
-    let mut started = azurite::spawn(&bin, BLOB_PORT, QUEUE_PORT, Some(&data), true)?;
-    // Stopped on drop from here on, also when waiting for it fails.
-    let waited = started.wait_listening();
-    let mut own = OwnAzurite(Some(started.child));
-    if let Err(status) = waited? {
+    let (child, listening) = azurite::spawn(&bin, BLOB_PORT, QUEUE_PORT, Some(&data), true)?;
+    let mut own = OwnAzurite(Some(child));
+    if let Some(child) = &mut own.0
+        && let Err(status) = azurite::wait_listening(child, listening)?
+    {
         own.0 = None;
         bail!(
             "Azurite exited during start-up ({status}); run {} by hand to see why",

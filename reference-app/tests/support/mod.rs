@@ -433,27 +433,21 @@ pub struct InProcess {
 }
 
 impl InProcess {
-    /// Waits until `url` answers (any HTTP response), polling every 100 ms for up to 60 s;
-    /// fails at once with the runtime's error when it ended instead (say, storage could not
-    /// be provisioned), rather than waiting out the 60 s.
+    /// Waits (as [`wait_until`]) until `url` answers with any HTTP response; fails at once
+    /// with the runtime's error when it ended instead (say, storage could not be provisioned),
+    /// rather than waiting out the 60 s.
     pub async fn wait_serving(&mut self, what: &str, url: &str) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            if self.runtime.is_finished() {
-                match (&mut self.runtime).await {
-                    Ok(Ok(())) => panic!("the local runtime stopped before {what} answered"),
-                    Ok(Err(e)) => panic!("the local runtime failed before {what} answered: {e}"),
-                    Err(e) => panic!("the local runtime panicked before {what} answered: {e}"),
-                }
+        let runtime = &self.runtime;
+        wait_until(what, || async move {
+            runtime.is_finished() || reqwest::get(url).await.is_ok()
+        })
+        .await;
+        if self.runtime.is_finished() {
+            match (&mut self.runtime).await {
+                Ok(Ok(())) => panic!("the local runtime stopped before {what} answered"),
+                Ok(Err(e)) => panic!("the local runtime failed before {what} answered: {e}"),
+                Err(e) => panic!("the local runtime panicked before {what} answered: {e}"),
             }
-            if reqwest::get(url).await.is_ok() {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "timed out waiting for {what} ({url}); the local runtime still runs"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
