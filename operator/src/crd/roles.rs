@@ -1,6 +1,8 @@
 //! `spec.web` and `spec.workers`: the app's roles and how workers scale.
 
-use k8s_openapi::api::core::v1::{EnvVar, ResourceRequirements};
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{EnvVar, ResourceRequirements, Toleration};
 use kube::KubeSchema;
 use serde::{Deserialize, Serialize};
 
@@ -31,6 +33,15 @@ pub struct WebSpec {
     /// Compute resources of each web pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    /// Node labels a pod of this role must match (the pods' `nodeSelector`). Ignored by the
+    /// local runtime.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// Taints the pods of this role tolerate (the pods' `tolerations`), e.g. to run on
+    /// dedicated nodes. Ignored by the local runtime.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub tolerations: Vec<Toleration>,
     /// The Service in front of the web pods.
     #[serde(default)]
     pub service: WebServiceSpec,
@@ -109,6 +120,15 @@ pub struct WorkerSpec {
     /// Compute resources of each worker pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    /// Node labels a pod of this role must match (the pods' `nodeSelector`). Ignored by the
+    /// local runtime.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// Taints the pods of this role tolerate (the pods' `tolerations`), e.g. to run on
+    /// dedicated nodes. Ignored by the local runtime.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub tolerations: Vec<Toleration>,
     /// Total messages per second all replicas of this role may process together (a
     /// downstream service's limit). Each replica gets an equal share, updated as the role
     /// scales. Unset: no limit.

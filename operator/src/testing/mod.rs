@@ -17,6 +17,8 @@ pub fn worker(name: &str, queue: &str) -> WorkerSpec {
         queue: queue.into(),
         env: vec![],
         resources: None,
+        node_selector: Default::default(),
+        tolerations: Vec::new(),
         max_messages_per_second: None,
         scaling: ScalingSpec::default(),
     }
@@ -70,6 +72,8 @@ pub fn app() -> CqrsApp {
                 ..Default::default()
             }],
             resources: None,
+            node_selector: Default::default(),
+            tolerations: Vec::new(),
             service: WebServiceSpec::default(),
         }),
         workers: vec![

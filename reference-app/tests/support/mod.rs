@@ -148,6 +148,8 @@ impl App {
                 port: 8080,
                 env: vec![],
                 resources: None,
+                node_selector: Default::default(),
+                tolerations: Vec::new(),
                 service: WebServiceSpec::default(),
             }),
             workers: vec![
@@ -318,6 +320,8 @@ fn worker(name: &str, queue: &str) -> WorkerSpec {
         queue: queue.into(),
         env: vec![],
         resources: None,
+        node_selector: Default::default(),
+        tolerations: Vec::new(),
         max_messages_per_second: None,
         scaling: Default::default(),
     }

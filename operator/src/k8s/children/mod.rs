@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
     EnvVar, EnvVarSource, HTTPGetAction, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
     SeccompProfile, SecretKeySelector, SecurityContext, Service, ServiceAccount, ServicePort,
-    ServiceSpec, Volume, VolumeMount,
+    ServiceSpec, Toleration, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -188,6 +188,8 @@ struct PodParts {
     resources: Option<k8s_openapi::api::core::v1::ResourceRequirements>,
     extra_volume: Option<(Volume, VolumeMount)>,
     grace_seconds: i64,
+    node_selector: BTreeMap<String, String>,
+    tolerations: Vec<Toleration>,
 }
 
 fn pod_template(owner: &Owner, spec: &CqrsAppSpec, parts: PodParts) -> PodTemplateSpec {
@@ -244,6 +246,8 @@ fn pod_template(owner: &Owner, spec: &CqrsAppSpec, parts: PodParts) -> PodTempla
                 ..Default::default()
             }],
             volumes: Some(volumes),
+            node_selector: (!parts.node_selector.is_empty()).then_some(parts.node_selector),
+            tolerations: (!parts.tolerations.is_empty()).then_some(parts.tolerations),
             ..Default::default()
         }),
     }
@@ -273,6 +277,8 @@ pub fn web_deployment(
             resources: web.resources.clone(),
             extra_volume: None,
             grace_seconds: 30,
+            node_selector: web.node_selector.clone(),
+            tolerations: web.tolerations.clone(),
         },
     );
     Some(Deployment {
@@ -367,6 +373,8 @@ pub fn worker_deployment(
             extra_volume,
             // NB: time to finish in-flight messages on SIGTERM: one visibility timeout, plus slack.
             grace_seconds: i64::from(visibility) + 10,
+            node_selector: worker.node_selector.clone(),
+            tolerations: worker.tolerations.clone(),
         },
     );
     Deployment {

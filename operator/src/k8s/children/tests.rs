@@ -160,3 +160,41 @@ fn the_service_selects_the_web_pods() {
     assert_eq!(spec.ports.unwrap()[0].port, 80);
     assert_eq!(spec.selector.unwrap()[COMPONENT_LABEL], "web");
 }
+
+#[test]
+fn a_roles_node_selector_and_tolerations_reach_its_pods_and_no_other_roles() {
+    let mut a = app();
+    a.spec.workers[0].node_selector = BTreeMap::from([("type".into(), "kwok".into())]);
+    a.spec.workers[0].tolerations = vec![Toleration {
+        key: Some("kwok.x-k8s.io/node".into()),
+        operator: Some("Exists".into()),
+        effect: Some("NoSchedule".into()),
+        ..Default::default()
+    }];
+    let pod = |d: Deployment| d.spec.unwrap().template.spec.unwrap();
+    let placed = pod(worker_deployment(
+        &owner(),
+        &a.spec,
+        &a.spec.workers[0],
+        &access(),
+        Some(0),
+    ));
+    assert_eq!(
+        placed.node_selector,
+        Some(BTreeMap::from([("type".into(), "kwok".into())]))
+    );
+    assert_eq!(
+        placed.tolerations.unwrap()[0].key.as_deref(),
+        Some("kwok.x-k8s.io/node")
+    );
+    let other = pod(worker_deployment(
+        &owner(),
+        &a.spec,
+        &a.spec.workers[1],
+        &access(),
+        Some(0),
+    ));
+    assert_eq!((other.node_selector, other.tolerations), (None, None));
+    let web = pod(web_deployment(&owner(), &a.spec, &access()).unwrap());
+    assert_eq!((web.node_selector, web.tolerations), (None, None));
+}
