@@ -652,7 +652,7 @@ async fn secrets_never_reach_logs_status_or_metrics() {
     assert_no_secrets(&metrics, &key, "/metrics");
 
     // A connection string that cannot work: the error names the problem, not the key.
-    let bad = cs.replace("http://127.0.0.1", "ftp://127.0.0.1");
+    let bad = cs.replace("http://", "ftp://");
     let out = std::process::Command::new(operator_binary())
         .args([
             "local",

@@ -52,7 +52,15 @@ pub struct AzuriteOptions {
     pub location: Option<PathBuf>,
     /// A custom account `(name, base64 key)` instead of the well-known development one.
     pub account: Option<(String, String)>,
+    /// Run inside this network namespace (`/run/netns/<name>`) on every address, reached at
+    /// `address` (the namespace's own); `None`: on 127.0.0.1 here.
+    pub netns: Option<(PathBuf, String)>,
 }
+
+/// Set by `cargo xtask test` to `<netns path>=<address>` of the test cluster's network
+/// namespace: every private Azurite of the tests then runs inside it, where the cluster's pods
+/// reach it too.
+pub const TEST_NETNS_ENV: &str = "CQRS_TEST_NETNS";
 
 /// A running Azurite, stopped on drop.
 #[derive(Debug)]
@@ -158,10 +166,15 @@ impl Azurite {
     /// The connection string for this instance.
     pub fn connection_string(&self) -> ConnectionString {
         let (blob, queue) = (self.options.blob_port, self.options.queue_port);
-        let mut cs = ConnectionString::development_at("127.0.0.1", blob, queue);
+        let host = self
+            .options
+            .netns
+            .as_ref()
+            .map_or("127.0.0.1", |(_, address)| address.as_str());
+        let mut cs = ConnectionString::development_at(host, blob, queue);
         if let Some((name, key)) = &self.options.account {
             let endpoint = |port: u16| {
-                url::Url::parse(&format!("http://127.0.0.1:{port}/{name}")).expect("loopback URL")
+                url::Url::parse(&format!("http://{host}:{port}/{name}")).expect("an Azurite URL")
             };
             cs.account_name = name.clone();
             cs.account_key =
@@ -239,8 +252,11 @@ fn spawn(
     if let Some(dir) = &options.location {
         std::fs::create_dir_all(dir).map_err(|e| start_err(bin, e))?;
     }
-    let mut cmd = Command::new(bin);
+    let (cmd, host) =
+        crate::azurite_cli::command_in(options.netns.as_ref().map(|(p, _)| p.as_path()), bin);
+    let mut cmd = Command::from(cmd);
     cmd.args(crate::azurite_cli::azurite_args(
+        host,
         options.blob_port,
         options.queue_port,
         options.location.as_deref(),
@@ -323,7 +339,15 @@ impl TestAzurite {
     ///
     /// # Panics
     /// When Azurite is not installed or does not start.
-    pub async fn private_with(options: AzuriteOptions) -> Self {
+    pub async fn private_with(mut options: AzuriteOptions) -> Self {
+        if options.netns.is_none()
+            && let Ok(spec) = std::env::var(TEST_NETNS_ENV)
+        {
+            let (path, address) = spec.split_once('=').unwrap_or_else(|| {
+                panic!("{TEST_NETNS_ENV} is {spec:?}; it must be <netns path>=<address>")
+            });
+            options.netns = Some((PathBuf::from(path), address.to_owned()));
+        }
         match Azurite::start(options).await {
             Ok(azurite) => Self {
                 connection_string: azurite.connection_string(),

@@ -14,10 +14,11 @@ use std::path::Path;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-/// Arguments that run Azurite quietly on 127.0.0.1 with the given blob and queue ports (0: the
+/// Arguments that run Azurite quietly on `host` (127.0.0.1; 0.0.0.0 inside a network namespace
+/// of the harness's own, where pods reach it too) with the given blob and queue ports (0: the
 /// kernel picks), its table service (unused) on a port the kernel picks, and its data under
 /// `location` or in memory.
-pub fn azurite_args(blob: u16, queue: u16, location: Option<&Path>) -> Vec<OsString> {
+pub fn azurite_args(host: &str, blob: u16, queue: u16, location: Option<&Path>) -> Vec<OsString> {
     let mut args: Vec<OsString> = [
         "--silent",
         "--skipApiVersionCheck",
@@ -29,7 +30,7 @@ pub fn azurite_args(blob: u16, queue: u16, location: Option<&Path>) -> Vec<OsStr
     .collect();
     for (service, port) in [("blob", blob), ("queue", queue), ("table", 0)] {
         args.push(format!("--{service}Host").into());
-        args.push("127.0.0.1".into());
+        args.push(host.into());
         args.push(format!("--{service}Port").into());
         args.push(port.to_string().into());
     }
@@ -41,6 +42,23 @@ pub fn azurite_args(blob: u16, queue: u16, location: Option<&Path>) -> Vec<OsStr
         None => args.push("--inMemoryPersistence".into()),
     }
     args
+}
+
+/// The command that runs Azurite `bin`, and the host it should listen on: on 127.0.0.1 here, or
+/// on every address inside network namespace `netns` (`/run/netns/<name>`, entered with
+/// `nsenter`, which execs Azurite, so the child is Azurite itself), where a cluster's pods
+/// reach it too.
+pub fn command_in(netns: Option<&Path>, bin: &Path) -> (std::process::Command, &'static str) {
+    match netns {
+        Some(netns) => {
+            let mut cmd = std::process::Command::new("nsenter");
+            cmd.arg(format!("--net={}", netns.display()))
+                .arg("--")
+                .arg(bin);
+            (cmd, "0.0.0.0")
+        }
+        None => (std::process::Command::new(bin), "127.0.0.1"),
+    }
 }
 
 /// The port in a line such as `Azurite Queue service is successfully listening at

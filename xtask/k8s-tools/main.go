@@ -1,10 +1,11 @@
-// Command k8s-tools is one multi-call binary holding the local control plane that
+// Command k8s-tools is one multi-call binary holding the local cluster that
 // `cargo xtask cluster` runs: etcd, kube-apiserver, kube-controller-manager,
-// kube-scheduler, kubectl, kwok and kwokctl. It picks the tool by the name it was
-// called as (symlinks in the cache's bin/), so the seven programs share one link
-// step and one copy of the Kubernetes libraries on disk.
+// kube-scheduler, kubectl, kwok and kwokctl, and the real node's kubelet and
+// kube-proxy. It picks the tool by the name it was called as (symlinks in the
+// cache's bin/), so the nine programs share one link step and one copy of the
+// Kubernetes libraries on disk (hyperkube did the same).
 //
-// The go.mod beside this file is written by xtask (src/cluster/build.rs): it pins
+// The go.mod beside this file is written by xtask (src/cluster/toolchain.rs): it pins
 // the versions and replaces every Kubernetes staging module with its published
 // release, a list derived from the .mod file the Go module proxy serves.
 package main
@@ -24,7 +25,9 @@ import (
 	kubectlutil "k8s.io/kubectl/pkg/cmd/util"
 	apiserver "k8s.io/kubernetes/cmd/kube-apiserver/app"
 	controllermanager "k8s.io/kubernetes/cmd/kube-controller-manager/app"
+	proxy "k8s.io/kubernetes/cmd/kube-proxy/app"
 	scheduler "k8s.io/kubernetes/cmd/kube-scheduler/app"
+	kubelet "k8s.io/kubernetes/cmd/kubelet/app"
 	kwokconfig "sigs.k8s.io/kwok/pkg/config"
 	kwok "sigs.k8s.io/kwok/pkg/kwok/cmd"
 	kwokctl "sigs.k8s.io/kwok/pkg/kwokctl/cmd"
@@ -45,6 +48,8 @@ var tools = map[string]func() int{
 	"kube-apiserver":          func() int { return cli.Run(apiserver.NewAPIServerCommand()) },
 	"kube-controller-manager": func() int { return cli.Run(controllermanager.NewControllerManagerCommand()) },
 	"kube-scheduler":          func() int { return cli.Run(scheduler.NewSchedulerCommand()) },
+	"kubelet":                 func() int { return cli.Run(kubelet.NewKubeletCommand()) },
+	"kube-proxy":              func() int { return cli.Run(proxy.NewProxyCommand()) },
 	"kubectl": func() int {
 		if err := cli.RunNoErrOutput(kubectl.NewDefaultKubectlCommand()); err != nil {
 			kubectlutil.CheckErr(err)
@@ -89,7 +94,7 @@ func main() {
 	name := filepath.Base(os.Args[0])
 	run, ok := tools[name]
 	if !ok {
-		fmt.Fprintf(os.Stderr, "k8s-tools: called as %q; link it as one of etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kwok (kwok-controller), kwokctl\n", name)
+		fmt.Fprintf(os.Stderr, "k8s-tools: called as %q; link it as one of etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kube-proxy, kubectl, kwok (kwok-controller), kwokctl\n", name)
 		os.Exit(2)
 	}
 	os.Exit(run())

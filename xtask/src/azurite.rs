@@ -9,7 +9,7 @@ mod azurite_cli;
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::process::CommandExt as _;
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ExitStatus, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -27,19 +27,21 @@ pub fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// Starts Azurite on loopback `blob`/`queue` ports (0: ports the kernel picks), with its data
+/// Starts Azurite on `blob`/`queue` ports (0: ports the kernel picks), on loopback or, with
+/// `netns` (`/run/netns/<name>`), on every address inside that network namespace, with its data
 /// in `data` (or in memory), and watches what it says about its ports. With `own_group` it gets
 /// its own process group, so a Ctrl-C in the terminal does not reach it (the caller stops it,
 /// after the app); without, it dies with us on Ctrl-C.
-pub fn spawn(
+pub fn spawn_in(
+    netns: Option<&Path>,
     bin: &Path,
     blob: u16,
     queue: u16,
     data: Option<&Path>,
     own_group: bool,
 ) -> Result<(Child, Listening)> {
-    let mut cmd = Command::new(bin);
-    cmd.args(azurite_cli::azurite_args(blob, queue, data))
+    let (mut cmd, host) = azurite_cli::command_in(netns, bin);
+    cmd.args(azurite_cli::azurite_args(host, blob, queue, data))
         .stdin(Stdio::null())
         .stdout(Stdio::piped());
     if own_group {

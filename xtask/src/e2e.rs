@@ -1,8 +1,15 @@
-//! `cargo xtask e2e`: the chart with its demo on a kind cluster, end to end.
+//! `cargo xtask e2e`: the chart with its demo on a fresh cluster, end to end, as a user runs it.
 //!
-//! Needs Docker (a running engine), kind, kubectl, Helm and curl; says which are missing and
-//! how to get them otherwise. Waits for conditions with deadlines, never for fixed times;
-//! dumps operator logs and events when a step fails; deletes the cluster unless `--keep`.
+//! `--cluster local` (the default where no Docker engine runs): the local cluster with its real
+//! node ([`crate::cluster`]), the images of `cargo xtask images` loaded onto it. `--cluster
+//! kind` (the default where Docker runs): a kind cluster, the same images loaded with `kind load
+//! image-archive`; needs Docker, kind, kubectl, Helm and curl, and says which are missing. Then
+//! the same steps on either: `helm install` with the demo, the CqrsApp Ready, a registration and
+//! a scanner command through the web Service (a port-forward) read back through the SAS URL and
+//! the dashboard's API, a backlog scaling the registrar 0 -> N and back to 0, the app deleted
+//! with its storage retained. Every wait polls a condition with a deadline; on failure it prints
+//! the pods, the CqrsApp, the events and the operator's logs; it deletes the cluster unless
+//! `--keep`. It ends with what it measured.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -10,6 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use crate::azurite::free_port;
+use crate::cluster::Cluster;
 use crate::images;
 use crate::shell::{on_path, output, root, step};
 
@@ -19,9 +27,20 @@ const NAMESPACE: &str = "cqrs-e2e";
 const RELEASE: &str = "cqrs-operator";
 /// The demo CqrsApp (`<release>-pieshop`); its Deployments are `<app>-web`, `<app>-<worker>`.
 const APP: &str = "cqrs-operator-pieshop";
-const AZURITE_IMAGE: &str = "mcr.microsoft.com/azure-storage/azurite:3.35.0";
+/// Registrations of the backlog.
+const BACKLOG: usize = 200;
 
-/// Tools e2e needs: (program, what it is, how to install it).
+/// Whether a Docker daemon answers (the client alone is not enough).
+fn docker_running() -> bool {
+    Command::new("docker")
+        .arg("info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Tools the kind flow needs: (program, what it is, how to install it).
 const TOOLS: &[(&str, &str, &str)] = &[
     (
         "docker",
@@ -55,15 +74,20 @@ pub fn missing_tools(present: impl Fn(&str) -> bool, docker_running: bool) -> Ve
     missing
 }
 
-fn kubectl() -> Command {
-    let mut c = Command::new("kubectl");
-    c.args([
-        "--context",
-        &format!("kind-{CLUSTER}"),
-        "--namespace",
-        NAMESPACE,
-    ]);
-    c
+/// How to reach the cluster under test.
+struct Target {
+    /// `kubectl` (any namespace).
+    kubectl: Box<dyn Fn() -> Command>,
+    /// `helm`.
+    helm: Box<dyn Fn() -> Command>,
+}
+
+impl Target {
+    fn kubectl(&self) -> Command {
+        let mut cmd = (self.kubectl)();
+        cmd.args(["--namespace", NAMESPACE]);
+        cmd
+    }
 }
 
 /// Polls `check` every second until it returns `Some`, or fails after `limit`.
@@ -77,15 +101,16 @@ fn wait_for<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>
         if Instant::now() > deadline {
             bail!("timed out after {}s waiting for {what}", limit.as_secs());
         }
-        std::thread::sleep(Duration::from_secs(1));
+        std::thread::sleep(Duration::from_millis(500));
     }
 }
 
 struct PortForward(Child);
 
 impl PortForward {
-    fn start(service: &str, local: u16, remote: u16) -> Result<Self> {
-        let child = kubectl()
+    fn start(target: &Target, service: &str, local: u16, remote: u16) -> Result<Self> {
+        let child = target
+            .kubectl()
             .args([
                 "port-forward",
                 &format!("svc/{service}"),
@@ -126,12 +151,30 @@ fn json_field(body: &str, field: &str) -> Option<String> {
     value.get(field)?.as_str().map(String::from)
 }
 
-fn deployment_replicas(name: &str) -> Option<i64> {
-    output(kubectl().args(["get", "deployment", name, "-o", "jsonpath={.spec.replicas}"]))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
+/// `(Running pods, spec.replicas)` of a role.
+fn role(target: &Target, component: &str) -> (usize, i64) {
+    let running = output(target.kubectl().args([
+        "get",
+        "pods",
+        "-l",
+        &format!("cqrs.dev/component={component}"),
+        "--field-selector=status.phase=Running",
+        "-o",
+        "name",
+    ]))
+    .map(|o| o.lines().count())
+    .unwrap_or(0);
+    let replicas = output(target.kubectl().args([
+        "get",
+        "deployment",
+        &format!("{APP}-{component}"),
+        "-o",
+        "jsonpath={.spec.replicas}",
+    ]))
+    .ok()
+    .and_then(|r| r.trim().parse().ok())
+    .unwrap_or(-1);
+    (running, replicas)
 }
 
 fn register(web: u16, email: &str) -> Result<String> {
@@ -151,28 +194,27 @@ fn register(web: u16, email: &str) -> Result<String> {
     json_field(&answer, "resultUrl").with_context(|| format!("no resultUrl in {answer}"))
 }
 
-fn scenario(blob_port: u16) -> Result<()> {
+fn token(url: &str, limit: Duration) -> Result<String> {
+    wait_for("the registration token in the result blob", limit, || {
+        json_field(&curl(&[url])?, "registrationToken")
+    })
+}
+
+fn scenario(target: &Target, blob_port: u16) -> Result<Vec<String>> {
+    let mut measured = Vec::new();
+    let installed = Instant::now();
     step(
         "installing the chart with the demo (helm upgrade --install --wait)",
-        Command::new("helm")
+        (target.helm)()
             .args(["upgrade", "--install", RELEASE])
             .arg(root().join("charts/cqrs-operator"))
+            .args(["--namespace", NAMESPACE, "--create-namespace"])
             .args([
-                "--kube-context",
-                &format!("kind-{CLUSTER}"),
-                "--namespace",
-                NAMESPACE,
-                "--create-namespace",
-            ])
-            .args([
-                "--set",
-                "image.pullPolicy=Never",
                 "--set",
                 "demo.enabled=true",
                 "--set",
-                "demo.app.pullPolicy=Never",
+                "demo.app.cooldownPeriod=15",
             ])
-            .args(["--set", "demo.app.cooldownPeriod=15"])
             .args([
                 "--set",
                 &format!(
@@ -183,73 +225,172 @@ fn scenario(blob_port: u16) -> Result<()> {
     )?;
     step(
         "waiting for the CqrsApp to be Ready",
-        kubectl().args([
+        target.kubectl().args([
             "wait",
             &format!("cqrsapp/{APP}"),
             "--for=condition=Ready",
             "--timeout=300s",
         ]),
     )?;
+    step(
+        "waiting for the web role to be Available",
+        target.kubectl().args([
+            "wait",
+            &format!("deployment/{APP}-web"),
+            "--for=condition=Available",
+            "--timeout=300s",
+        ]),
+    )?;
+    measured.push(format!(
+        "helm install to the app Ready and its web role Available: {:.1} s",
+        installed.elapsed().as_secs_f64()
+    ));
 
     let web_port = free_port()?;
-    let _web = PortForward::start(&format!("{APP}-web"), web_port, 80)?;
-    let _blob = PortForward::start(&format!("{RELEASE}-azurite"), blob_port, 10000)?;
+    let _web = PortForward::start(target, &format!("{APP}-web"), web_port, 80)?;
+    let _blob = PortForward::start(target, &format!("{RELEASE}-azurite"), blob_port, 10000)?;
 
-    println!("\n==> a registration, read back through its SAS URL");
+    println!("\n==> a registration through the web Service, read back through its SAS URL");
+    let asked = Instant::now();
     let url = register(web_port, "e2e@example.com")?;
-    let token = wait_for(
-        "the registration token in the result blob",
+    let first = token(&url, Duration::from_secs(180))?;
+    println!("    token {first}");
+    measured.push(format!(
+        "a registration to its token, the registrar starting from 0 pods: {:.1} s",
+        asked.elapsed().as_secs_f64()
+    ));
+
+    println!("\n==> a scanner command through the web Service, seen on the dashboard's API");
+    let scan = curl(&[
+        "-X",
+        "POST",
+        "-H",
+        "content-type: application/json",
+        "-H",
+        "authorization: Bearer dev-scanner-key",
+        "-d",
+        r#"{"commandId":"e2e-scan-1","location":"shop","item":"pork pie","delta":7}"#,
+        &format!("http://127.0.0.1:{web_port}/api/inventory/adjustments"),
+    ])
+    .context("POST /api/inventory/adjustments failed")?;
+    println!("    {scan}");
+    wait_for(
+        "the adjustment on /api/inventory",
         Duration::from_secs(180),
         || {
-            let body = curl(&[&url])?;
-            json_field(&body, "registrationToken")
+            curl(&[&format!("http://127.0.0.1:{web_port}/api/inventory")])
+                .filter(|model| model.contains("pork pie"))
         },
     )?;
-    println!("    token {token}");
 
-    println!("\n==> a backlog: the registrar scales up, then back to zero");
-    for i in 0..200 {
-        register(web_port, &format!("load-{i}@example.com"))?;
+    println!(
+        "\n==> a backlog of {BACKLOG}: the registrar scales up, drains it, and goes back to 0"
+    );
+    wait_for("the registrar at 0 pods", Duration::from_secs(180), || {
+        (role(target, "registrar") == (0, 0)).then_some(())
+    })?;
+    // The registrar's Running pods are sampled while the backlog is posted and drained: the
+    // pod-seconds they add up to give the drain rate per pod.
+    let started = Instant::now();
+    let (mut most, mut first_running, mut pod_seconds, mut last) = (0, None, 0.0, Instant::now());
+    let mut sample = || {
+        let (running, replicas) = role(target, "registrar");
+        pod_seconds += running as f64 * last.elapsed().as_secs_f64();
+        last = Instant::now();
+        most = most.max(replicas);
+        if running > 0 && first_running.is_none() {
+            first_running = Some(started.elapsed());
+        }
+    };
+    // Posted by 8 clients at once, so the queue grows faster than one pod drains it.
+    let posting = std::thread::scope(|scope| {
+        let clients: Vec<_> = (0..8)
+            .map(|c| {
+                scope.spawn(move || {
+                    (c..BACKLOG)
+                        .step_by(8)
+                        .map(|i| register(web_port, &format!("load-{i}@example.com")))
+                        .collect::<Result<Vec<String>>>()
+                })
+            })
+            .collect();
+        while clients.iter().any(|c| !c.is_finished()) {
+            sample();
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        clients
+            .into_iter()
+            .map(|c| {
+                c.join()
+                    .unwrap_or_else(|_| bail!("a posting client panicked"))
+            })
+            .collect::<Result<Vec<Vec<String>>>>()
+    })?;
+    let urls: Vec<String> = posting.into_iter().flatten().collect();
+    let posted = started.elapsed();
+    let mut pending = urls.clone();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while !pending.is_empty() {
+        sample();
+        pending.retain(|url| {
+            curl(&[url])
+                .and_then(|b| json_field(&b, "registrationToken"))
+                .is_none()
+        });
+        if Instant::now() > deadline {
+            bail!(
+                "{} of {BACKLOG} registrations got no token in 300 s",
+                pending.len()
+            );
+        }
     }
-    let most = wait_for(
-        "the registrar to scale above 1 replica",
-        Duration::from_secs(180),
-        || deployment_replicas(&format!("{APP}-registrar")).filter(|n| *n > 1),
-    )?;
-    println!("    scaled to {most} replicas");
+    let drained = started.elapsed();
+    measured.push(format!(
+        "first of {BACKLOG} registrations posted to the first registrar pod Running: {:.1} s (posting all took {:.1} s)",
+        first_running.unwrap_or_default().as_secs_f64(),
+        posted.as_secs_f64()
+    ));
+    measured.push(format!(
+        "backlog drained (every token written) in {:.1} s by up to {most} pods: {:.1} registrations/s per pod",
+        drained.as_secs_f64(),
+        BACKLOG as f64 / pod_seconds.max(0.001)
+    ));
+    let empty = Instant::now();
     wait_for(
-        "the registrar to scale back to 0 after the cooldown",
+        "the registrar back at 0 after the cooldown",
         Duration::from_secs(300),
-        || deployment_replicas(&format!("{APP}-registrar")).filter(|n| *n == 0),
+        || (role(target, "registrar") == (0, 0)).then_some(()),
     )?;
+    measured.push(format!(
+        "drained to 0 registrar pods in {:.1} s (cooldown 15 s, scale-down window 10 s)",
+        empty.elapsed().as_secs_f64()
+    ));
     step(
         &format!("kubectl get cqrsapp {APP}"),
-        kubectl().args(["get", "cqrsapp", APP, "-o", "wide"]),
+        target.kubectl().args(["get", "cqrsapp", APP, "-o", "wide"]),
     )?;
 
     println!("\n==> deleting the app (deletionPolicy Retain): its storage survives");
     step(
         &format!("kubectl delete cqrsapp {APP}"),
-        kubectl().args(["delete", "cqrsapp", APP, "--wait", "--timeout=120s"]),
+        target
+            .kubectl()
+            .args(["delete", "cqrsapp", APP, "--wait", "--timeout=120s"]),
     )?;
     wait_for(
         "the web Deployment to be garbage-collected",
         Duration::from_secs(120),
-        || {
-            deployment_replicas(&format!("{APP}-web"))
-                .is_none()
-                .then_some(())
-        },
+        || (role(target, "web").1 == -1).then_some(()),
     )?;
     let body = curl(&[&url]).context("the result blob is gone")?;
-    if json_field(&body, "registrationToken").as_deref() != Some(token.as_str()) {
+    if json_field(&body, "registrationToken").as_deref() != Some(first.as_str()) {
         bail!("after deleting the Retain app, the result blob reads {body}");
     }
-    println!("    the result blob still holds {token}");
-    Ok(())
+    println!("    the result blob still holds {first}");
+    Ok(measured)
 }
 
-fn dump_diagnostics() {
+fn dump_diagnostics(target: &Target) {
     println!("\n==> diagnostics");
     let commands: [&[&str]; 4] = [
         &["get", "pods", "-o", "wide"],
@@ -259,7 +400,7 @@ fn dump_diagnostics() {
     ];
     for args in commands {
         println!("\n$ kubectl {}", args.join(" "));
-        let _ = kubectl().args(args).status();
+        let _ = target.kubectl().args(args).status();
     }
 }
 
@@ -270,27 +411,92 @@ pub fn run(args: &[String]) -> Result<()> {
         .iter()
         .position(|a| a == "--cluster")
         .map(|i| args.get(i + 1).map(String::as_str).unwrap_or_default());
-    let docker = on_path("docker") && images::docker_running();
+    let docker = on_path("docker") && docker_running();
     match cluster {
-        Some("kwok") => crate::e2e_kwok::run(keep),
+        Some("local") => run_local(keep),
         Some("kind") => run_kind(keep),
         None if docker => run_kind(keep),
         None => {
             println!(
-                "==> no container engine here: using the local control plane (--cluster kwok)"
+                "==> no container engine here: the local cluster with its real node (--cluster local)"
             );
-            crate::e2e_kwok::run(keep)
+            run_local(keep)
         }
-        Some(other) => bail!("--cluster takes `kind` or `kwok`, not {other:?}"),
+        Some(other) => bail!("--cluster takes `local` or `kind`, not {other:?}"),
     }
 }
 
-/// The chart with its demo on kind, with real containers.
+/// Runs the scenario on `target`, then prints what it measured.
+fn scenario_reported(target: &Target, started: Instant) -> Result<()> {
+    let result = free_port().and_then(|port| scenario(target, port));
+    match result {
+        Ok(measured) => {
+            println!("\n==> measured");
+            for line in measured {
+                println!("    {line}");
+            }
+            println!("\ne2e passed in {:.0}s", started.elapsed().as_secs_f32());
+            Ok(())
+        }
+        Err(e) => {
+            dump_diagnostics(target);
+            Err(e)
+        }
+    }
+}
+
+/// On a fresh local cluster with a real node, the images built here.
+fn run_local(keep: bool) -> Result<()> {
+    let started = Instant::now();
+    let built = images::build(&images::Binaries::Release)?;
+    let cluster = Cluster::fresh_with_node(
+        CLUSTER,
+        built.images.iter().map(|o| o.archive.clone()).collect(),
+    )?;
+    println!(
+        "\n==> cluster `{CLUSTER}` up in {:.0}s since the start (kubeconfig {})",
+        started.elapsed().as_secs_f32(),
+        cluster.kubeconfig().display()
+    );
+    let (kubeconfig, bin) = (cluster.kubeconfig(), cluster.bin.clone());
+    let helm_home = crate::shell::target_dir().join("e2e-helm");
+    let target = Target {
+        kubectl: Box::new({
+            let (kubeconfig, bin) = (kubeconfig.clone(), bin.clone());
+            move || {
+                let mut cmd = Command::new(bin.join("kubectl"));
+                cmd.env("KUBECONFIG", &kubeconfig);
+                cmd
+            }
+        }),
+        helm: Box::new(move || {
+            let mut cmd = Command::new(bin.join("helm"));
+            cmd.env("KUBECONFIG", &kubeconfig)
+                .env("HELM_CACHE_HOME", helm_home.join("cache"))
+                .env("HELM_CONFIG_HOME", helm_home.join("config"))
+                .env("HELM_DATA_HOME", helm_home.join("data"));
+            cmd
+        }),
+    };
+    let result = scenario_reported(&target, started);
+    if keep {
+        println!(
+            "\nkeeping cluster `{CLUSTER}`: KUBECONFIG={} (cargo xtask cluster down removes only `cqrs`; \
+             this one goes with the next e2e run)",
+            cluster.kubeconfig().display()
+        );
+        std::mem::forget(cluster);
+    }
+    result
+}
+
+/// The chart with its demo on kind, with the images built here loaded into it.
 fn run_kind(keep: bool) -> Result<()> {
-    let missing = missing_tools(on_path, on_path("docker") && images::docker_running());
+    let started = Instant::now();
+    let missing = missing_tools(on_path, on_path("docker") && docker_running());
     if !missing.is_empty() {
         bail!(
-            "cargo xtask e2e cannot run here; missing:\n  - {}",
+            "cargo xtask e2e --cluster kind cannot run here; missing:\n  - {}",
             missing.join("\n  - ")
         );
     }
@@ -303,25 +509,41 @@ fn run_kind(keep: bool) -> Result<()> {
             Command::new("kind").args(["create", "cluster", "--name", CLUSTER, "--wait", "120s"]),
         )?;
     }
-    images::build()?;
-    step(
-        &format!("docker pull {AZURITE_IMAGE}"),
-        Command::new("docker").args(["pull", AZURITE_IMAGE]),
-    )?;
+    let built = images::build(&images::Binaries::Release)?;
     for image in [
         images::operator_image(),
         images::app_image(),
-        AZURITE_IMAGE.to_string(),
+        images::azurite_image(),
     ] {
+        let archive = &built
+            .get(&image)
+            .with_context(|| format!("{image} was not built"))?
+            .archive;
         step(
-            &format!("kind load docker-image {image}"),
-            Command::new("kind").args(["load", "docker-image", &image, "--name", CLUSTER]),
+            &format!("kind load image-archive {} ({image})", archive.display()),
+            Command::new("kind")
+                .args(["load", "image-archive"])
+                .arg(archive)
+                .args(["--name", CLUSTER]),
         )?;
     }
-    let result = free_port().and_then(scenario);
-    if result.is_err() {
-        dump_diagnostics();
-    }
+    let context = format!("kind-{CLUSTER}");
+    let target = Target {
+        kubectl: Box::new({
+            let context = context.clone();
+            move || {
+                let mut cmd = Command::new("kubectl");
+                cmd.args(["--context", &context]);
+                cmd
+            }
+        }),
+        helm: Box::new(move || {
+            let mut cmd = Command::new("helm");
+            cmd.args(["--kube-context", &context]);
+            cmd
+        }),
+    };
+    let result = scenario_reported(&target, started);
     if keep {
         println!("\nkept the cluster: kubectl --context kind-{CLUSTER} -n {NAMESPACE} get all");
     } else {
@@ -330,9 +552,7 @@ fn run_kind(keep: bool) -> Result<()> {
             Command::new("kind").args(["delete", "cluster", "--name", CLUSTER]),
         )?;
     }
-    result?;
-    println!("\ne2e passed");
-    Ok(())
+    result
 }
 
 #[cfg(test)]

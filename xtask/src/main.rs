@@ -9,7 +9,6 @@ mod chart;
 mod cluster;
 mod crd;
 mod e2e;
-mod e2e_kwok;
 mod images;
 mod peers;
 mod shell;
@@ -26,20 +25,28 @@ tasks:
   up      run the reference app locally on Azurite with autoscaling workers (Ctrl-C stops)
   test    everything CI checks: installs test tools if missing, fmt, clippy, CRD in sync,
           all tests against a real Azurite
-  e2e     end to end on a cluster: --cluster kwok (the default without Docker) runs the
-          operator's lifecycle on the local control plane and prints what it measured;
-          --cluster kind the chart with its demo on kind (needs Docker, kind, kubectl, Helm,
-          curl); --keep leaves the cluster
+  e2e     the chart with its demo on a fresh cluster, as a user runs it: --cluster local (the
+          default without Docker: the local cluster with its real node) or --cluster kind
+          (needs Docker, kind, kubectl, Helm, curl); images built and loaded, a registration
+          and a scan through the web Service, a backlog scaling the workers 0 -> N -> 0; prints
+          what it measured; --keep leaves the cluster
   bench   benchmarks on release builds, each against a baseline measured in the same run;
           writes bench/results.md and the table in docs/benchmarks.md (--quick: short runs;
           --only <name>: one benchmark; both write target/bench-partial.md instead);
           `bench peers`: cqrs-operator beside KEDA + HPA on the local control plane (builds
           KEDA from the Go module proxy; needs root for its network namespace; [--runs N])
-  cluster up | down | env | status
-          a local Kubernetes 1.33 control plane (etcd, apiserver, controller-manager,
-          scheduler, kwok fake node) from binaries built from the Go module proxy and cached
-          in ~/.cache/cqrs-operator; `eval \"$(cargo xtask cluster env)\"` points kubectl at it
-  images  build the operator and reference app container images (needs Docker)
+  cluster up [--no-node] [--debug] | down | env | status | load [--debug]
+          a local Kubernetes 1.33 cluster from binaries built from the Go module proxy and
+          cached in ~/.cache/cqrs-operator: etcd, apiserver, controller-manager, scheduler, a
+          tainted kwok node, and a real node (kubelet, kube-proxy, containerd, runc, CoreDNS)
+          in a network namespace of its own, with the images of `cargo xtask images` loaded
+          (needs root); `eval \"$(cargo xtask cluster env)\"` points kubectl at it; `load`
+          rebuilds the images and loads them again
+  images  build the container images without Docker: the operator, the reference app, Azurite
+          (for the chart's demo) and the local node's pause image, each a distroless-style
+          base from locked Debian packages plus its own layer; reproducible, with an SPDX SBOM;
+          into target/images/ (OCI layout + archive). [--debug] binaries of the dev profile;
+          [--push <registry> [--insecure]] with skopeo; [--update-lock] re-lock the packages
   crd     regenerate charts/cqrs-operator/crds/ from the Rust types
   tools   install the test tools (Azurite, playwright-core, Chromium, Python chart tools, the
           control plane binaries) without running anything
@@ -51,7 +58,7 @@ fn main() -> ExitCode {
         Some("up") => up::run(),
         Some("e2e") => e2e::run(&args[1..]),
         Some("bench") => bench::run(&args[1..]),
-        Some("images") => images::build(),
+        Some("images") => images::run(&args[1..]),
         Some("test") => test::run(&args[1..]),
         Some("crd") => crd::write(),
         Some("cluster") => cluster::run(&args[1..]),

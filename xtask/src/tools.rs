@@ -131,6 +131,8 @@ pub const PYTHON_PACKAGES: &[&str] = &[
     // and through the claim check) exactly as a Python producer would.
     "azure-storage-blob==12.31.1",
     "azure-storage-queue==12.18.1",
+    // Validates the images' SPDX bills of materials.
+    "spdx-tools==0.8.3",
 ];
 
 /// Makes sure `.tools/venv` has the chart-check and interop packages; returns its python.

@@ -55,7 +55,8 @@ fn azurite() -> Result<OwnAzurite> {
     let data = root().join(".tools/azurite-data");
     std::fs::create_dir_all(&data)?;
     println!("\n==> starting Azurite (data in .tools/azurite-data)");
-    let (child, listening) = azurite::spawn(&bin, BLOB_PORT, QUEUE_PORT, Some(&data), true)?;
+    let (child, listening) =
+        azurite::spawn_in(None, &bin, BLOB_PORT, QUEUE_PORT, Some(&data), true)?;
     let mut own = OwnAzurite(Some(child));
     if let Some(child) = &mut own.0
         && let Err(status) = azurite::wait_listening(child, listening)?

@@ -1,6 +1,8 @@
 //! The Helm chart installed by the real Helm CLI into the real apiserver: every object
-//! accepted, the operator's Deployment Available on the kwok node, and `helm uninstall`
-//! removing everything but the CRD (Helm never deletes CRDs from `crds/`).
+//! accepted, the operator's Deployment Available on the kwok node (placed there with the
+//! chart's `nodeSelector` and `tolerations`: these releases watch every namespace, and must
+//! not act on the other tests' apps), and `helm uninstall` removing everything but the CRD
+//! (Helm never deletes CRDs from `crds/`). The `pods` tests run the chart's operator for real.
 
 use std::time::Duration;
 
@@ -30,6 +32,16 @@ fn install(ns: &TestNamespace, release: &str, extra: &[&str]) -> String {
         .args(["install", release])
         .arg(&chart)
         .args(["--namespace", &ns.name, "--wait", "--timeout", "120s"])
+        .args([
+            "--set",
+            "nodeSelector.type=kwok",
+            "--set",
+            "tolerations[0].key=kwok.x-k8s.io/node",
+            "--set",
+            "tolerations[0].operator=Exists",
+            "--set",
+            "tolerations[0].effect=NoSchedule",
+        ])
         .args(extra));
     assert!(
         out.status.success(),

@@ -1,5 +1,6 @@
-//! One test's world: a namespace of its own with the chart installed, the operator running
-//! under the chart's ServiceAccount, an Azurite, and the app the test applies.
+//! One test's world: a namespace of its own with the chart installed (its operator pod running
+//! on the real node from the image `cargo xtask images` built), an Azurite inside the cluster's
+//! network namespace (where the operator's pod reaches it), and the app the test applies.
 
 use cqrs_operator::crd::CqrsApp;
 use cqrs_operator::testing::app;
@@ -22,8 +23,6 @@ pub struct Harness {
     pub operator: Operator,
     /// The test's namespace.
     pub ns: TestNamespace,
-    /// The Helm release, also the operator's ServiceAccount.
-    pub release: String,
     /// A client with the admin credentials.
     pub client: kube::Client,
     /// CqrsApps in the namespace.
@@ -45,14 +44,13 @@ impl Harness {
 
     async fn on(prefix: &str, azurite: TestAzurite) -> Self {
         let ns = TestNamespace::create(prefix);
-        let release = install_chart(&ns);
-        let operator = Operator::start(&ns, &release, "op-a");
+        let release = install_chart(&ns, &[]);
+        let operator = Operator::of(&ns, &release);
         let client = cluster().client().await;
         let apps = Api::namespaced(client.clone(), &ns.name);
         Harness {
             operator,
             ns,
-            release,
             client,
             apps,
             azurite,
@@ -171,9 +169,11 @@ impl Harness {
     }
 
     /// The baseline app `shop` with queue and container names (claim-check container
-    /// included) of this test's own (the
-    /// Azurite may be shared), the stocker rate limited, and no CORS rule: CORS is
-    /// account-wide and Azure allows five rules, so only tests on a private Azurite add one.
+    /// included) of this test's own (the Azurite may be shared), the stocker rate limited, no
+    /// CORS rule (CORS is account-wide and Azure allows five rules, so only tests on a private
+    /// Azurite add one), and every role placed on the kwok node, where its pods are reported
+    /// Running without running: these tests are about the operator, not the roles (the
+    /// `pods` tests run the roles for real).
     pub fn test_app(&self) -> CqrsApp {
         let suffix = self
             .ns
@@ -207,6 +207,31 @@ impl Harness {
             threshold_bytes: cqrs_storage::claims::DEFAULT_THRESHOLD_BYTES,
         });
         a.spec.workers[1].max_messages_per_second = Some(10);
+        let (selector, tolerations) = on_kwok();
+        if let Some(web) = a.spec.web.as_mut() {
+            web.node_selector = selector.clone();
+            web.tolerations = tolerations.clone();
+        }
+        for worker in &mut a.spec.workers {
+            worker.node_selector = selector.clone();
+            worker.tolerations = tolerations.clone();
+        }
         a
     }
+}
+
+/// A role's placement on the kwok node: its label, and its taint tolerated.
+pub fn on_kwok() -> (
+    std::collections::BTreeMap<String, String>,
+    Vec<k8s_openapi::api::core::v1::Toleration>,
+) {
+    (
+        std::collections::BTreeMap::from([("type".to_owned(), "kwok".to_owned())]),
+        vec![k8s_openapi::api::core::v1::Toleration {
+            key: Some("kwok.x-k8s.io/node".into()),
+            operator: Some("Exists".into()),
+            effect: Some("NoSchedule".into()),
+            ..Default::default()
+        }],
+    )
 }

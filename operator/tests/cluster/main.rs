@@ -5,12 +5,11 @@
 
 mod changes;
 mod chart;
-mod contract;
 mod crd;
 mod harness;
-mod leader;
 mod lifecycle;
 mod operator;
+mod pods;
 mod poison;
 mod scaling;
 mod support;

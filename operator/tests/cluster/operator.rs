@@ -1,141 +1,138 @@
-//! `cqrs-operator run` as a host process under exactly the chart's RBAC: the chart is installed
-//! with Helm (its own Deployment's pod lands on the kwok node and never runs), a token of the
-//! chart's ServiceAccount is requested through the TokenRequest API, and the operator runs
-//! with a kubeconfig holding only that token.
+//! The operator as users run it: the chart installed with Helm into the test's namespace with
+//! the image `cargo xtask images` built (loaded onto the real node), its pod started by the
+//! kubelet under the chart's ServiceAccount, RBAC and securityContext. The tests read its
+//! metrics through the apiserver's pod proxy and its logs with `kubectl logs`.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use crate::support::{TestNamespace, cluster, ok, root, run, wait_for};
 
-/// The operator of one test namespace.
+/// The chart's operator in one test namespace.
 #[derive(Debug)]
 pub struct Operator {
-    child: Child,
-    /// Where it serves /metrics.
-    pub metrics: SocketAddr,
-    /// Its stdout and stderr.
-    pub log: PathBuf,
-    _dir: tempfile::TempDir,
+    /// The namespace of the release (and of the apps it watches).
+    pub namespace: String,
+    /// The release, also the Deployment's and the ServiceAccount's name.
+    pub release: String,
 }
 
-/// Installs the chart as `<prefix>-<suffix>` in `ns`, watching only `ns`; returns the release
-/// (which is also the ServiceAccount's name).
-pub fn install_chart(ns: &TestNamespace) -> String {
+/// The chart's default image tag (its appVersion), which `cargo xtask images` builds.
+pub fn operator_image() -> String {
+    format!(
+        "ghcr.io/cqrs-operator/cqrs-operator:{}",
+        env!("CARGO_PKG_VERSION")
+    )
+}
+
+/// The reference app's image on the node.
+pub fn app_image() -> String {
+    format!(
+        "ghcr.io/cqrs-operator/reference-app:{}",
+        env!("CARGO_PKG_VERSION")
+    )
+}
+
+/// Installs the chart as `cqrs-operator-<suffix>` in `ns`, watching only `ns`, with `extra`
+/// `--set` values; waits until its Deployment is Available. Returns the release.
+pub fn install_chart(ns: &TestNamespace, extra: &[&str]) -> String {
     crate::support::ensure_crd();
     let release = format!("cqrs-operator-{}", ns.name.rsplit('-').next().unwrap());
     let watch = format!("watchNamespace={}", ns.name);
-    ok(cluster()
-        .helm()
-        .args(["install", &release])
+    let mut helm = cluster().helm();
+    helm.args(["install", &release])
         .arg(root().join("charts/cqrs-operator"))
-        .args([
-            "--namespace",
-            &ns.name,
-            "--set",
-            &watch,
-            "--wait",
-            "--timeout",
-            "120s",
-        ]));
+        .args(["--namespace", &ns.name, "--set", &watch])
+        // NB: never pull: the image is the one loaded onto the node; a missing one fails at once.
+        .args(["--set", "image.pullPolicy=Never"])
+        .args(["--set", "logLevel=info\\,cqrs_operator=debug"]);
+    for value in extra {
+        helm.args(["--set", value]);
+    }
+    let out = run(helm.args(["--wait", "--timeout", "180s"]));
+    if !out.status.success() {
+        panic!(
+            "helm install {release} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            crate::support::describe_pods(ns)
+        );
+    }
     release
 }
 
-/// A kubeconfig for the apiserver of the test cluster holding only `token`.
-fn token_kubeconfig(token: &str) -> String {
-    let admin: serde_yaml::Value = serde_yaml::from_str(
-        &std::fs::read_to_string(cluster().kubeconfig()).expect("admin kubeconfig"),
-    )
-    .expect("kubeconfig is YAML");
-    let server = admin["clusters"][0]["cluster"]["server"]
-        .as_str()
-        .expect("a server");
-    let ca = admin["clusters"][0]["cluster"]["certificate-authority"]
-        .as_str()
-        .expect("a CA file");
-    format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {server}\n    certificate-authority: {ca}\n\
-         users:\n- name: operator\n  user:\n    token: {token}\ncontexts:\n- name: operator\n  context:\n    cluster: test\n    user: operator\n\
-         current-context: operator\n"
-    )
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
 impl Operator {
-    /// Starts `cqrs-operator run` with the token of `service_account` in `ns`, leader election
-    /// through a Lease in `ns`, as replica `identity`; returns once `/readyz` answers.
-    pub fn start(ns: &TestNamespace, service_account: &str, identity: &str) -> Self {
-        let token = ok(cluster().kubectl().args([
-            "create",
-            "token",
-            service_account,
-            "--namespace",
-            &ns.name,
-            "--duration=2h",
-        ]));
-        let dir = tempfile::tempdir().expect("a temp dir");
-        let kubeconfig = dir.path().join("kubeconfig");
-        std::fs::write(&kubeconfig, token_kubeconfig(token.trim())).expect("kubeconfig written");
-        let log = dir.path().join(format!("{identity}.log"));
-        let out = std::fs::File::create(&log).expect("log file");
-        let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let child = Command::new(env!("CARGO_BIN_EXE_cqrs-operator"))
-            .args(["run", "--log-format", "json", "--connect-timeout", "10"])
-            .args(["--metrics-addr", &metrics.to_string()])
-            .args(["--watch-namespace", &ns.name, "--lease-namespace", &ns.name])
-            .args(["--identity", identity])
-            .env("KUBECONFIG", &kubeconfig)
-            .env("RUST_LOG", "info,cqrs_operator=debug")
-            .env_remove("KUBERNETES_SERVICE_HOST")
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().expect("log file"))
-            .stderr(out)
-            .spawn()
-            .expect("cqrs-operator starts");
-        let mut operator = Operator {
-            child,
-            metrics,
-            log,
-            _dir: dir,
+    /// The chart's operator of `release` in `ns` (installed by [`install_chart`]); waits until
+    /// a pod of it is Ready.
+    pub fn of(ns: &TestNamespace, release: &str) -> Self {
+        let operator = Operator {
+            namespace: ns.name.clone(),
+            release: release.to_owned(),
         };
-        wait_for("the operator's /readyz", Duration::from_secs(30), || {
-            if let Ok(Some(status)) = operator.child.try_wait() {
-                panic!("the operator exited ({status}):\n{}", operator.log_text());
-            }
-            operator
-                .get("/readyz")
-                .filter(|r| r.starts_with("HTTP/1.1 200"))
-                .map(|_| ())
-        });
+        operator.ready_pod();
         operator
     }
 
-    /// `GET path` on the metrics server: the raw HTTP response.
-    fn get(&self, path: &str) -> Option<String> {
-        let mut stream = TcpStream::connect_timeout(&self.metrics, Duration::from_secs(2)).ok()?;
-        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        write!(
-            stream,
-            "GET {path} HTTP/1.1\r\nHost: operator\r\nConnection: close\r\n\r\n"
-        )
-        .ok()?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response).ok()?;
-        Some(response)
+    fn kubectl(&self) -> std::process::Command {
+        let mut cmd = cluster().kubectl();
+        cmd.args(["--namespace", &self.namespace]);
+        cmd
     }
 
-    /// The sum of every sample of metric `name` (all label sets).
+    /// The name of a Ready operator pod (waiting up to 120 s for one).
+    pub fn ready_pod(&self) -> String {
+        wait_for("a Ready operator pod", Duration::from_secs(120), || {
+            self.pods()
+                .into_iter()
+                .find(|(_, ready, deleting)| *ready && !deleting)
+                .map(|(name, _, _)| name)
+        })
+    }
+
+    /// Every operator pod: `(name, ready, being deleted)`.
+    pub fn pods(&self) -> Vec<(String, bool, bool)> {
+        let out = ok(self.kubectl().args([
+            "get",
+            "pods",
+            "-l",
+            "app.kubernetes.io/component=operator",
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.name} {.status.conditions[?(@.type==\"Ready\")].status} {.metadata.deletionTimestamp}{\"\\n\"}{end}",
+        ]));
+        out.lines()
+            .filter_map(|l| {
+                let mut f = l.split_whitespace();
+                let name = f.next()?.to_owned();
+                let ready = f.next() == Some("True");
+                let deleting = f.next().is_some();
+                Some((name, ready, deleting))
+            })
+            .collect()
+    }
+
+    /// `GET path` on the metrics port of `pod`, through the apiserver's pod proxy.
+    fn get(&self, pod: &str, path: &str) -> Option<String> {
+        let out = run(cluster().kubectl().args([
+            "get",
+            "--raw",
+            &format!(
+                "/api/v1/namespaces/{}/pods/{pod}:8080/proxy{path}",
+                self.namespace
+            ),
+        ]));
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The sum of every sample of metric `name` (all label sets) of the Ready pod.
     pub fn metric(&self, name: &str) -> f64 {
-        let body = self.get("/metrics").expect("the operator serves /metrics");
+        self.metric_of(&self.ready_pod(), name)
+    }
+
+    /// The sum of every sample of metric `name` of `pod`.
+    pub fn metric_of(&self, pod: &str, name: &str) -> f64 {
+        let body = self
+            .get(pod, "/metrics")
+            .unwrap_or_else(|| panic!("the operator pod {pod} serves no /metrics"));
         body.lines()
             .filter(|l| {
                 l.strip_prefix(name)
@@ -145,9 +142,16 @@ impl Operator {
             .sum()
     }
 
-    /// Everything the operator logged so far.
+    /// What every operator pod logged so far (`kubectl logs`).
     pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.pods()
+            .iter()
+            .map(|(pod, _, _)| {
+                String::from_utf8_lossy(&run(self.kubectl().args(["logs", pod])).stdout)
+                    .into_owned()
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// Fails naming the verb and resource of every request the chart's RBAC refused.
@@ -165,22 +169,27 @@ impl Operator {
         );
     }
 
-    /// Kills the process at once (SIGKILL).
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    /// Deletes `pod` at once (no grace period), as a node failure would end it.
+    pub fn kill(&self, pod: &str) {
+        ok(self.kubectl().args([
+            "delete",
+            "pod",
+            pod,
+            "--grace-period=0",
+            "--force",
+            "--wait=false",
+        ]));
     }
 }
 
 impl Drop for Operator {
     fn drop(&mut self) {
-        self.kill();
         if std::thread::panicking() {
             let text = self.log_text();
             let lines: Vec<&str> = text.lines().collect();
             eprintln!(
-                "\n--- operator log ({}; last 60 lines) ---\n{}\n---",
-                self.log.display(),
+                "\n--- operator log of {} (last 60 lines) ---\n{}\n---",
+                self.release,
                 lines[lines.len().saturating_sub(60)..]
                     .join("\n")
                     .replace("\"target\":", "")

@@ -1,8 +1,10 @@
 //! The control plane the tests run against, and a namespace of their own for each test.
 //!
-//! `cargo xtask test` starts a fresh local control plane (etcd, kube-apiserver,
-//! kube-controller-manager, kube-scheduler, kwok) and passes it in `CQRS_TEST_KUBECONFIG`,
-//! `CQRS_TEST_K8S_BIN` (kubectl, helm) and `CQRS_TEST_CLUSTER_LOGS`.
+//! `cargo xtask test` starts a fresh local cluster (etcd, kube-apiserver,
+//! kube-controller-manager, kube-scheduler, a kwok node, and a real node: kubelet, containerd,
+//! kube-proxy, CoreDNS, in a network namespace of its own) and passes it in
+//! `CQRS_TEST_KUBECONFIG`, `CQRS_TEST_K8S_BIN` (kubectl, helm), `CQRS_TEST_CLUSTER_LOGS`,
+//! `CQRS_TEST_NODE_LOGS` and `CQRS_TEST_NETNS` (`<namespace path>=<node address>`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -17,6 +19,9 @@ pub struct TestCluster {
     kubeconfig: PathBuf,
     bin: PathBuf,
     logs: PathBuf,
+    node_logs: PathBuf,
+    /// The network namespace of the cluster.
+    pub netns: PathBuf,
 }
 
 fn required(var: &str) -> PathBuf {
@@ -27,7 +32,8 @@ fn required(var: &str) -> PathBuf {
              Run them with `cargo xtask test` (which builds and starts one), or start one with \
              `cargo xtask cluster up` and set CQRS_TEST_KUBECONFIG to the kubeconfig it prints, \
              CQRS_TEST_K8S_BIN to the bin/ of `cargo xtask cluster env`'s PATH and \
-             CQRS_TEST_CLUSTER_LOGS to the logs/ beside the kubeconfig"
+             CQRS_TEST_CLUSTER_LOGS to the logs/ beside the kubeconfig, CQRS_TEST_NODE_LOGS to \
+             node/logs/ there and CQRS_TEST_NETNS to /run/netns/cqrs=<the node's address>"
         ),
     }
 }
@@ -36,10 +42,16 @@ fn required(var: &str) -> PathBuf {
 pub fn cluster() -> &'static TestCluster {
     static CLUSTER: OnceLock<TestCluster> = OnceLock::new();
     CLUSTER.get_or_init(|| {
+        let netns = required("CQRS_TEST_NETNS").to_string_lossy().into_owned();
+        let (netns, _node_ip) = netns
+            .split_once('=')
+            .unwrap_or_else(|| panic!("CQRS_TEST_NETNS is {netns:?}; it must be <path>=<address>"));
         let cluster = TestCluster {
             kubeconfig: required("CQRS_TEST_KUBECONFIG"),
             bin: required("CQRS_TEST_K8S_BIN"),
             logs: required("CQRS_TEST_CLUSTER_LOGS"),
+            node_logs: required("CQRS_TEST_NODE_LOGS"),
+            netns: PathBuf::from(netns),
         };
         for tool in ["kubectl", "helm"] {
             assert!(
@@ -88,14 +100,56 @@ impl TestCluster {
         kube::Client::try_from(config).expect("a client")
     }
 
+    /// The last lines of a node daemon's log (`kubelet`, `containerd`, `kube-proxy`).
+    pub fn node_log_tail(&self, daemon: &str, lines: usize) -> String {
+        tail(&self.node_logs.join(format!("{daemon}.log")), lines)
+    }
+
     /// The last lines of a component's log.
     pub fn log_tail(&self, component: &str, lines: usize) -> String {
-        let path = self.logs.join(format!("{component}.log"));
-        let text = std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| format!("(cannot read {}: {e})", path.display()));
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        tail(&self.logs.join(format!("{component}.log")), lines)
     }
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| format!("(cannot read {}: {e})", path.display()));
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// The pods of `ns` with their state and recent events, for a failure message.
+pub fn describe_pods(ns: &TestNamespace) -> String {
+    let pods = run(ns.kubectl().args(["get", "pods", "-o", "wide"]));
+    let events = run(ns
+        .kubectl()
+        .args(["get", "events", "--sort-by=.lastTimestamp"]));
+    format!(
+        "--- pods in {} ---\n{}\n--- events ---\n{}",
+        ns.name,
+        String::from_utf8_lossy(&pods.stdout),
+        String::from_utf8_lossy(&events.stdout)
+    )
+}
+
+/// Runs `work` on a thread of its own inside the cluster's network namespace (on a
+/// single-threaded runtime, so every socket it opens is opened there): where Service ClusterIPs
+/// go through kube-proxy's rules and pod addresses are routed, as for a client on the node.
+pub async fn in_netns<T: Send + 'static>(work: impl AsyncFnOnce() -> T + Send + 'static) -> T {
+    let netns = cluster().netns.clone();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&netns)
+            .unwrap_or_else(|e| panic!("cannot open {}: {e}", netns.display()));
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+            .unwrap_or_else(|e| panic!("cannot enter {} (root is needed): {e}", netns.display()));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let _ = tx.send(runtime.block_on(work()));
+    });
+    rx.await.expect("the work inside the namespace finished")
 }
 
 /// Runs `cmd`, returning its output; panics when it cannot start.
@@ -159,9 +213,12 @@ impl Drop for TestNamespace {
             let c = cluster();
             eprintln!(
                 "\n--- kube-apiserver log (last 40 lines) ---\n{}\n\
-                 --- kube-controller-manager log (last 40 lines) ---\n{}\n---",
+                 --- kube-controller-manager log (last 40 lines) ---\n{}\n\
+                 --- kubelet log (last 30 lines) ---\n{}\n{}\n---",
                 c.log_tail("kube-apiserver", 40),
-                c.log_tail("kube-controller-manager", 40)
+                c.log_tail("kube-controller-manager", 40),
+                c.node_log_tail("kubelet", 30),
+                describe_pods(self)
             );
         }
         let _ = run(cluster().kubectl().args([

@@ -1,5 +1,6 @@
-//! Workloads on the kwok node: the scheduler places pods, kwok reports them Running, and the
-//! controller-manager's deployment and replicaset controllers make Deployments Available.
+//! Workloads on the kwok node (selected, its taint tolerated): the scheduler places pods, kwok
+//! reports them Running, and the controller-manager's deployment and replicaset controllers
+//! make Deployments Available.
 
 use crate::support::{TestNamespace, ok, with_stdin};
 
@@ -14,7 +15,11 @@ fn a_deployment_becomes_available_through_the_scheduler_and_kwok() {
             "selector": {"matchLabels": {"app": "hello"}},
             "template": {
                 "metadata": {"labels": {"app": "hello"}},
-                "spec": {"containers": [{"name": "hello", "image": "example.invalid/hello:1"}]}
+                "spec": {
+                    "nodeSelector": {"type": "kwok"},
+                    "tolerations": [{"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}],
+                    "containers": [{"name": "hello", "image": "example.invalid/hello:1"}]
+                }
             }
         }
     }"#;

@@ -1,15 +1,24 @@
-//! `cargo xtask cluster up | down | env | status`: a real Kubernetes control plane on this
+//! `cargo xtask cluster up | down | env | status | load`: a real Kubernetes cluster on this
 //! machine, without Docker.
 //!
 //! etcd, kube-apiserver, kube-controller-manager (every default controller: deployment,
 //! replicaset, garbage collector, namespace, serviceaccount-token, node-lifecycle, ...),
-//! kube-scheduler and the kwok controller with one fake node run as background processes on
-//! free loopback ports. `kwokctl create cluster --runtime binary` launches them from the cached
-//! binaries ([`toolchain`]); kwokctl works offline once every binary is given as a local path,
-//! so there is no launcher of our own. Pods are placed on the kwok node and reported Running;
-//! no container ever runs.
+//! kube-scheduler and the kwok controller with one fake node run as background processes.
+//! `kwokctl create cluster --runtime binary` launches them from the cached binaries
+//! ([`toolchain`]); kwokctl works offline once every binary is given as a local path, so there
+//! is no launcher of our own.
+//!
+//! With a real node ([`node`], the default for the user's, the tests' and e2e's clusters) the
+//! whole cluster lives in a network namespace of its own: the control plane listens there, the
+//! kubelet, containerd and kube-proxy run real containers there, and the host reaches the
+//! apiserver through a veth pair (`kubeconfig()` names the namespace's address). The kwok node
+//! is tainted `kwok.x-k8s.io/node=fake:NoSchedule`, as kwok's docs do, so ordinary pods run on
+//! the real node and only what tolerates the taint lands on kwok; kwok manages only the nodes
+//! annotated as its own. Without a node (`--no-node`, `bench peers`) everything binds
+//! 127.0.0.1 and no container ever runs.
 
 pub mod keda;
+pub mod node;
 mod procs;
 pub mod toolchain;
 
@@ -27,9 +36,27 @@ const USER_CLUSTER: &str = "cqrs";
 
 /// `cargo xtask cluster <command>`.
 pub fn run(args: &[String]) -> Result<()> {
+    let no_node = args.iter().any(|a| a == "--no-node");
+    // The images on the node: release binaries (what users ship), or the dev profile's.
+    let binaries = if args.iter().any(|a| a == "--debug") {
+        crate::images::Binaries::Debug
+    } else {
+        crate::images::Binaries::Release
+    };
+    let existing = || -> Result<Cluster> {
+        let mut cluster = Cluster::new(USER_CLUSTER, toolchain::cache_dir()?.join("bin"));
+        cluster.with_node =
+            cluster.dir().join("node").exists() || node::Netns::for_cluster(USER_CLUSTER).exists();
+        Ok(cluster)
+    };
     match args.first().map(String::as_str) {
         Some("up") => {
-            let cluster = Cluster::new(USER_CLUSTER, toolchain::ensure()?);
+            let mut cluster = Cluster::new(USER_CLUSTER, toolchain::ensure()?);
+            if !no_node {
+                let built = crate::images::build(&binaries)?;
+                cluster.with_node = true;
+                cluster.images = built.images.iter().map(|o| o.archive.clone()).collect();
+            }
             cluster.up()?;
             println!("\ncluster `{}` is ready", cluster.name);
             println!("    kubeconfig: {}", cluster.kubeconfig().display());
@@ -37,9 +64,23 @@ pub fn run(args: &[String]) -> Result<()> {
             println!("    use it:     eval \"$(cargo xtask cluster env)\" && kubectl get nodes");
             Ok(())
         }
-        Some("down") => Cluster::new(USER_CLUSTER, toolchain::cache_dir()?.join("bin")).down(),
+        Some("load") => {
+            let cluster = existing()?;
+            let node = cluster
+                .node()
+                .context("cluster `cqrs` has no real node: `cargo xtask cluster up` makes one")?;
+            let built = crate::images::build(&binaries)?;
+            node.import(
+                &built
+                    .images
+                    .iter()
+                    .map(|o| o.archive.clone())
+                    .collect::<Vec<_>>(),
+            )
+        }
+        Some("down") => existing()?.down(),
         Some("env") => {
-            let cluster = Cluster::new(USER_CLUSTER, toolchain::cache_dir()?.join("bin"));
+            let cluster = existing()?;
             if !cluster.exists() {
                 eprintln!(
                     "# cluster `{USER_CLUSTER}` does not exist: run `cargo xtask cluster up`"
@@ -49,8 +90,10 @@ pub fn run(args: &[String]) -> Result<()> {
             println!("export PATH={}:$PATH", cluster.bin.display());
             Ok(())
         }
-        Some("status") => Cluster::new(USER_CLUSTER, toolchain::cache_dir()?.join("bin")).status(),
-        _ => bail!("usage: cargo xtask cluster up | down | env | status"),
+        Some("status") => existing()?.status(),
+        _ => bail!(
+            "usage: cargo xtask cluster up [--no-node] [--debug] | down | env | status | load [--debug]"
+        ),
     }
 }
 
@@ -64,6 +107,10 @@ pub struct Cluster {
     /// Serve aggregated APIs (an extension apiserver such as KEDA's metrics adapter),
     /// advertising this address.
     aggregation: Option<String>,
+    /// Run a real node beside the kwok one.
+    with_node: bool,
+    /// Image archives loaded onto the real node.
+    images: Vec<PathBuf>,
 }
 
 impl Cluster {
@@ -72,18 +119,30 @@ impl Cluster {
             name: name.to_owned(),
             bin,
             aggregation: None,
+            with_node: false,
+            images: Vec::new(),
         }
     }
 
-    /// A fresh cluster for one `cargo xtask test` run (any earlier one of that name is deleted
-    /// first); deleted again when dropped.
-    pub fn for_tests() -> Result<TestCluster> {
-        Self::fresh("cqrs-test")
+    /// A fresh cluster with a real node for one `cargo xtask test` run, `images` loaded onto
+    /// it (any earlier one of that name is deleted first); deleted again when dropped.
+    pub fn for_tests(images: Vec<PathBuf>) -> Result<TestCluster> {
+        Self::fresh_with_node("cqrs-test", images)
     }
 
-    /// A fresh cluster `name` (any earlier one is deleted first), deleted when dropped.
-    pub fn fresh(name: &str) -> Result<TestCluster> {
-        Self::fresh_cluster(Cluster::new(name, toolchain::ensure()?))
+    /// A fresh cluster `name` with a real node and `images` loaded onto it, deleted when
+    /// dropped.
+    pub fn fresh_with_node(name: &str, images: Vec<PathBuf>) -> Result<TestCluster> {
+        let mut cluster = Cluster::new(name, toolchain::ensure()?);
+        cluster.with_node = true;
+        cluster.images = images;
+        Self::fresh_cluster(cluster)
+    }
+
+    /// Its real node, if it has one.
+    pub fn node(&self) -> Option<node::Node> {
+        self.with_node
+            .then(|| node::Node::new(&self.name, &self.dir(), &self.bin))
     }
 
     /// A fresh cluster `name` whose apiserver also serves aggregated APIs: the request-header
@@ -113,9 +172,44 @@ impl Cluster {
         Self::workdir().join("clusters").join(&self.name)
     }
 
-    /// The admin kubeconfig (client certificate) of the cluster.
+    /// The admin kubeconfig (client certificate) of the cluster, for this host: with a real
+    /// node it names the apiserver at the namespace's address.
     pub fn kubeconfig(&self) -> PathBuf {
+        if self.with_node {
+            self.dir().join("kubeconfig.host.yaml")
+        } else {
+            self.kwokctl_kubeconfig()
+        }
+    }
+
+    /// The kubeconfig kwokctl wrote (`https://127.0.0.1:<port>`, valid inside the namespace).
+    fn kwokctl_kubeconfig(&self) -> PathBuf {
         self.dir().join("kubeconfig.yaml")
+    }
+
+    /// The apiserver's port.
+    fn apiserver_port(&self) -> Result<u16> {
+        let text = std::fs::read_to_string(self.kwokctl_kubeconfig())?;
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix("server: https://127.0.0.1:"))
+            .and_then(|p| p.trim().parse().ok())
+            .with_context(|| {
+                format!(
+                    "{} names no https://127.0.0.1:<port> server",
+                    self.kwokctl_kubeconfig().display()
+                )
+            })
+    }
+
+    /// Writes [`Cluster::kubeconfig`] for a cluster with a real node.
+    fn write_host_kubeconfig(&self, node: &node::Node) -> Result<()> {
+        let text = std::fs::read_to_string(self.kwokctl_kubeconfig())?;
+        let host = text.replace(
+            "server: https://127.0.0.1:",
+            &format!("server: https://{}:", node.netns.node_ip()),
+        );
+        std::fs::write(self.kubeconfig(), host)?;
+        Ok(())
     }
 
     /// Where the components write their logs.
@@ -128,7 +222,12 @@ impl Cluster {
     }
 
     fn kwokctl(&self) -> Command {
-        let mut cmd = Command::new(self.bin.join("kwokctl"));
+        // NB: with a real node, kwokctl runs inside the namespace, and so do the components it
+        // starts.
+        let mut cmd = match self.node() {
+            Some(node) => node.netns.command(self.bin.join("kwokctl")),
+            None => Command::new(self.bin.join("kwokctl")),
+        };
         // NB: kwokctl runs `kubectl` from PATH for some of its waits; make it ours.
         let path = std::env::var_os("PATH").unwrap_or_default();
         let path = std::env::join_paths(
@@ -165,22 +264,37 @@ impl Cluster {
     }
 
     /// Starts the cluster (creating it when it does not exist); returns once `/readyz` answers
-    /// ok and the node is Ready. Safe to run again.
+    /// ok and the nodes are Ready. Safe to run again: a running cluster is left as it is (its
+    /// real node gets the images again).
     pub fn up(&self) -> Result<()> {
         if self.exists() && self.running() {
             println!("\n==> cluster `{}` is already running", self.name);
-        } else if self.exists() && self.restart().is_ok() {
+            if let Some(node) = self.node() {
+                node.import(&self.images)?;
+            }
+            return Ok(());
+        }
+        // NB: a stopped cluster with a real node is made again (its node's namespaces and
+        // mounts did not survive whatever stopped it); one without is restarted.
+        if self.exists() && !self.with_node && self.restart().is_ok() {
             println!("    restarted cluster `{}`", self.name);
         } else {
             self.down_quietly();
             self.create()?;
         }
-        self.wait_ready()
+        self.wait_ready()?;
+        if let Some(node) = self.node() {
+            node.start(self.apiserver_port()?, &self.images, || self.kubectl())?;
+        }
+        Ok(())
     }
 
     fn running(&self) -> bool {
         let components = procs::components(&self.dir());
-        !components.is_empty() && components.iter().all(|c| c.alive()) && self.readyz()
+        !components.is_empty()
+            && components.iter().all(|c| c.alive())
+            && self.readyz()
+            && self.node().is_none_or(|n| n.running())
     }
 
     /// Restarts a cluster whose processes stopped (a reboot, a kill). NB: kwokctl checks
@@ -202,6 +316,11 @@ impl Cluster {
     }
 
     fn create(&self) -> Result<()> {
+        if let Some(node) = self.node() {
+            node::netns::Netns::check_host()?;
+            node::ensure_packages()?;
+            node.netns.create()?;
+        }
         std::fs::create_dir_all(Self::workdir())?;
         let config = Self::workdir().join(format!("{}-kwokctl.yaml", self.name));
         std::fs::write(&config, self.kwokctl_config())?;
@@ -216,16 +335,26 @@ impl Cluster {
                 .args(["create", "cluster", "--kubeconfig=", "--wait", "2m", "--config"])
                 .arg(&config),
         )
-        .with_context(|| format!("kwokctl's log: {}", self.kwokctl_log().display()))
+        .with_context(|| format!("kwokctl's log: {}", self.kwokctl_log().display()))?;
+        if let Some(node) = self.node() {
+            self.write_host_kubeconfig(&node)?;
+        }
+        Ok(())
     }
 
-    /// The kwokctl configuration: binary runtime, loopback only, RBAC and admission on, every
-    /// binary from the cache (so nothing is downloaded).
+    /// The kwokctl configuration: binary runtime, RBAC and admission on, every binary from the
+    /// cache (so nothing is downloaded); loopback only, or every address of the cluster's own
+    /// namespace with a real node.
     fn kwokctl_config(&self) -> String {
         let bin = |tool: &str| self.bin.join(tool).display().to_string();
+        let bind = if self.with_node {
+            "0.0.0.0"
+        } else {
+            "127.0.0.1"
+        };
         format!(
             "kind: KwokctlConfiguration\napiVersion: config.kwok.x-k8s.io/v1alpha1\noptions:\n\
-             \x20 runtime: binary\n  bindAddress: 127.0.0.1\n  kubeAuthorization: true\n  kubeAdmission: true\n\
+             \x20 runtime: binary\n  bindAddress: {bind}\n  kubeAuthorization: true\n  kubeAdmission: true\n\
              \x20 kubeVersion: {k8s}\n  etcdBinary: {etcd}\n  kubeApiserverBinary: {apiserver}\n\
              \x20 kubeControllerManagerBinary: {kcm}\n  kubeSchedulerBinary: {scheduler}\n\
              \x20 kwokControllerBinary: {kwok}\n  kubectlBinary: {kubectl}\n",
@@ -236,7 +365,56 @@ impl Cluster {
             scheduler = bin("kube-scheduler"),
             kwok = bin("kwok"),
             kubectl = bin("kubectl"),
-        ) + &self.aggregation_patch()
+        ) + &self.node_options()
+            + &self.aggregation_patch()
+    }
+
+    /// With a real node: the apiserver's certificate also names the namespace's address and the
+    /// `kubernetes` Service, which it advertises; it reaches the kubelet (logs, exec,
+    /// port-forward) at its InternalIP with the admin pair; kwok manages only its own nodes.
+    fn node_options(&self) -> String {
+        let Some(node) = self.node() else {
+            return String::new();
+        };
+        let ip = node.netns.node_ip();
+        let pki = self.dir().join("pki");
+        let apiserver = [
+            ("advertise-address", ip.clone()),
+            (
+                "service-cluster-ip-range",
+                node::netns::SERVICE_CIDR.to_owned(),
+            ),
+            (
+                "kubelet-client-certificate",
+                pki.join("admin.crt").display().to_string(),
+            ),
+            (
+                "kubelet-client-key",
+                pki.join("admin.key").display().to_string(),
+            ),
+            ("kubelet-preferred-address-types", "InternalIP".to_owned()),
+        ];
+        let kwok = [
+            ("manage-all-nodes", "false".to_owned()),
+            (
+                "manage-nodes-with-annotation-selector",
+                "kwok.x-k8s.io/node=fake".to_owned(),
+            ),
+        ];
+        let mut text = format!(
+            "  kubeApiserverCertSANs:\n  - \"{ip}\"\n  - \"{}\"\ncomponentsPatches:\n",
+            node::netns::KUBERNETES_SERVICE_IP
+        );
+        for (component, args) in [
+            ("kube-apiserver", &apiserver[..]),
+            ("kwok-controller", &kwok[..]),
+        ] {
+            text.push_str(&format!("- name: {component}\n  extraArgs:\n"));
+            for (key, value) in args {
+                text.push_str(&format!("  - key: {key}\n    value: \"{value}\"\n"));
+            }
+        }
+        text
     }
 
     /// kwokctl's patch of the apiserver's flags for [`Cluster::fresh_with_aggregation`].
@@ -285,7 +463,10 @@ impl Cluster {
             }
             std::thread::sleep(Duration::from_millis(250));
         }
-        let nodes = output(self.kubectl().args(["get", "nodes", "-o", "name"]))?;
+        let nodes = output(
+            self.kubectl()
+                .args(["get", "nodes", "-l", "type=kwok", "-o", "name"]),
+        )?;
         if nodes.trim().is_empty() {
             step(
                 "adding one kwok node",
@@ -294,13 +475,27 @@ impl Cluster {
             )
             .with_context(|| format!("kwokctl's log: {}", self.kwokctl_log().display()))?;
         }
+        if self.with_node {
+            step(
+                "tainting the kwok node (only what tolerates kwok.x-k8s.io/node=fake lands there)",
+                self.kubectl().args([
+                    "taint",
+                    "nodes",
+                    "-l",
+                    "type=kwok",
+                    "kwok.x-k8s.io/node=fake:NoSchedule",
+                    "--overwrite",
+                ]),
+            )?;
+        }
         step(
-            "waiting for /readyz and the node to be Ready",
+            "waiting for /readyz and the kwok node to be Ready",
             self.kubectl().args([
                 "wait",
                 "--for=condition=Ready",
                 "node",
-                "--all",
+                "-l",
+                "type=kwok",
                 "--timeout=120s",
             ]),
         )
@@ -312,26 +507,47 @@ impl Cluster {
             println!("cluster `{}` does not exist; nothing to stop", self.name);
             return Ok(());
         }
-        step(
+        if let Some(node) = self.node() {
+            println!(
+                "\n==> stopping the node {} (containers, daemons, cgroups, namespaces)",
+                node.name
+            );
+            node.stop();
+        }
+        let deleted = step(
             &format!("stopping cluster `{}` and deleting its data", self.name),
             &mut self.delete_command(),
-        )?;
+        );
         let _ = std::fs::remove_file(self.kwokctl_log());
         self.kill_leftovers();
-        Ok(())
+        if let Some(node) = self.node() {
+            node.netns.delete();
+        }
+        let _ = std::fs::remove_dir_all(self.dir());
+        deleted
     }
 
     fn down_quietly(&self) {
+        let node = node::Node::new(&self.name, &self.dir(), &self.bin);
+        if self.dir().join("node").exists() {
+            node.stop();
+        }
         if self.dir().exists() {
             let _ = self.delete_command().status();
             self.kill_leftovers();
             let _ = std::fs::remove_dir_all(self.dir());
         }
+        // NB: also a namespace whose cluster directory is gone already.
+        node.netns.delete();
         let _ = std::fs::remove_file(self.kwokctl_log());
     }
 
     fn delete_command(&self) -> Command {
-        let mut cmd = self.kwokctl();
+        // NB: not inside the namespace: deleting only kills processes and removes files, and
+        // works after the namespace is gone.
+        let mut cmd = Command::new(self.bin.join("kwokctl"));
+        cmd.env("KWOK_WORKDIR", Self::workdir())
+            .args(["--name", &self.name]);
         // NB: kwokctl removes the cluster's context from this kubeconfig; pointing it at the
         // cluster's own (deleted with it) leaves ~/.kube/config alone.
         cmd.args(["delete", "cluster", "--kubeconfig"])
@@ -367,15 +583,21 @@ impl Cluster {
             "component", "pid", "state", "listening"
         );
         for c in procs::components(&self.dir()) {
-            let ports = c.listening().join(",");
+            println!("{}", c.row());
+        }
+        if let Some(node) = self.node() {
             println!(
-                "{:<24} {:>8}  {:<8} {:<32} {}",
-                c.name,
-                c.pid,
-                if c.alive() { "running" } else { "stopped" },
-                if ports.is_empty() { "-".into() } else { ports },
-                c.since()
+                "\nnode {} (in network namespace {}, {})",
+                node.name,
+                node.netns.name,
+                node.netns.node_ip()
             );
+            for c in node.components() {
+                println!("{}", c.row());
+            }
+            if let Ok(images) = node.images() {
+                println!("images on the node:\n    {}", images.join("\n    "));
+            }
         }
         let ready = self.readyz();
         println!("\n/readyz: {}", if ready { "ok" } else { "not answering" });

@@ -35,7 +35,38 @@ pub fn components(dir: &Path) -> Vec<Component> {
     found
 }
 
+/// Every running process whose command line (NUL-separated arguments joined by spaces)
+/// satisfies `matches`.
+pub fn matching(matches: impl Fn(&str) -> bool) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return vec![];
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|raw| {
+                let line: String = String::from_utf8_lossy(&raw).replace('\0', " ");
+                matches(&line)
+            })
+        })
+        .collect()
+}
+
 impl Component {
+    /// Its line in `cargo xtask cluster status`: name, pid, state, ports, age.
+    pub fn row(&self) -> String {
+        let ports = self.listening().join(",");
+        format!(
+            "{:<24} {:>8}  {:<8} {:<32} {}",
+            self.name,
+            self.pid,
+            if self.alive() { "running" } else { "stopped" },
+            if ports.is_empty() { "-".into() } else { ports },
+            self.since()
+        )
+    }
+
     /// Whether the process exists and is not a zombie.
     pub fn alive(&self) -> bool {
         std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).is_ok_and(|stat| {
@@ -64,7 +95,7 @@ impl Component {
                 )
             })
             .collect();
-        let listeners = tcp_listeners();
+        let listeners = tcp_listeners(self.pid);
         let mut out: Vec<String> = inodes
             .iter()
             .filter_map(|inode| listeners.get(inode).cloned())
@@ -88,10 +119,10 @@ impl Component {
     }
 }
 
-/// Socket inode → `address:port` for every listening TCP socket (IPv4 only: the components
-/// bind 127.0.0.1).
-fn tcp_listeners() -> HashMap<String, String> {
-    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+/// Socket inode → `address:port` for every listening TCP socket (IPv4 only) in the network
+/// namespace of process `pid`.
+fn tcp_listeners(pid: u32) -> HashMap<String, String> {
+    let table = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")).unwrap_or_default();
     table
         .lines()
         .skip(1)

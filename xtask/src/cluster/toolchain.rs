@@ -5,8 +5,10 @@
 //! modules with local paths), so a small wrapper module requires it and replaces every staging
 //! module with its published release. The list is read from the `.mod` file the proxy serves,
 //! never typed by hand. One multi-call binary (`xtask/k8s-tools/main.go`) holds etcd,
-//! kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kwok and kwokctl; Helm's
-//! CLI has no replace directives and is `go install`ed as it is.
+//! kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kube-proxy, kubectl, kwok
+//! and kwokctl; Helm's CLI has no replace directives and is `go install`ed as it is; CoreDNS
+//! (the real node's cluster DNS) is built from a module of its own (`xtask/coredns/main.go`,
+//! only the plugins it uses), since its dependencies are not the Kubernetes release's.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -24,6 +26,8 @@ pub const ETCD: &str = "v3.5.21";
 pub const KWOK: &str = "v0.7.0";
 /// Helm CLI release (built against the same Kubernetes 1.33 client libraries).
 pub const HELM: &str = "v3.18.6";
+/// CoreDNS release (the one Kubernetes 1.33's kubeadm installs).
+pub const COREDNS: &str = "v1.12.0";
 
 /// Oldest Go that builds these releases (their go.mod says `go 1.24.0`).
 const MIN_GO_MINOR: u32 = 24;
@@ -34,6 +38,8 @@ pub const TOOLS: &[&str] = &[
     "kube-apiserver",
     "kube-controller-manager",
     "kube-scheduler",
+    "kubelet",
+    "kube-proxy",
     "kubectl",
     "kwok",
     "kwokctl",
@@ -42,11 +48,12 @@ pub const TOOLS: &[&str] = &[
 /// The cache directory for this set of versions (`$CQRS_CACHE_DIR` overrides the base).
 pub fn cache_dir() -> Result<PathBuf> {
     let key = format!(
-        "k8s-{}-etcd-{}-kwok-{}-helm-{}",
+        "k8s-{}-etcd-{}-kwok-{}-helm-{}-coredns-{}",
         KUBERNETES.trim_start_matches('v'),
         ETCD.trim_start_matches('v'),
         KWOK.trim_start_matches('v'),
-        HELM.trim_start_matches('v')
+        HELM.trim_start_matches('v'),
+        COREDNS.trim_start_matches('v')
     );
     Ok(cache_base()?.join(key))
 }
@@ -77,7 +84,12 @@ pub fn ensure() -> Result<PathBuf> {
         && std::fs::read_to_string(&stamp).is_ok_and(|s| s == main_go)
         && TOOLS.iter().all(|t| bin.join(t).exists());
     let helm_fresh = bin.join("helm").is_file();
-    if multi_call_fresh && helm_fresh {
+    let coredns_go = std::fs::read_to_string(root().join("xtask/coredns/main.go"))
+        .context("cannot read xtask/coredns/main.go")?;
+    let coredns_stamp = bin.join(".coredns.main.go");
+    let coredns_fresh = bin.join("coredns").is_file()
+        && std::fs::read_to_string(&coredns_stamp).is_ok_and(|s| s == coredns_go);
+    if multi_call_fresh && helm_fresh && coredns_fresh {
         return Ok(bin);
     }
     let go = go_toolchain()?;
@@ -93,6 +105,10 @@ pub fn ensure() -> Result<PathBuf> {
     }
     if !helm_fresh {
         build_helm(&go, &bin)?;
+    }
+    if !coredns_fresh {
+        build_coredns(&go, &dir, &coredns_go)?;
+        std::fs::write(&coredns_stamp, &coredns_go)?;
     }
     println!(
         "    control plane binaries ready in {:.0}s",
@@ -152,8 +168,9 @@ fn build_multi_call(go_bin: &Path, dir: &Path, main_go: &str) -> Result<()> {
     )?;
     let ldflags = kubernetes_ldflags();
     step(
-        "compiling etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kwok \
-         and kwokctl into one binary (the cold build takes minutes on 2 cores)",
+        "compiling etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, \
+         kube-proxy, kubectl, kwok and kwokctl into one binary (the cold build takes about 15 \
+         minutes on 2 cores)",
         go(go_bin, &src)
             .args(["build", "-ldflags", &ldflags, "-o"])
             .arg(dir.join("bin/k8s-tools"))
@@ -282,6 +299,32 @@ fn kubernetes_ldflags() -> String {
         format!("-X k8s.io/client-go/pkg/version.gitMinor={minor}"),
     ]
     .join(" ")
+}
+
+/// CoreDNS from a wrapper module of its own: `xtask/coredns/main.go` and CoreDNS's release.
+fn build_coredns(go_bin: &Path, dir: &Path, main_go: &str) -> Result<()> {
+    let src = dir.join("src-coredns");
+    std::fs::create_dir_all(&src)?;
+    std::fs::write(
+        src.join("go.mod"),
+        format!(
+            "// Written by `cargo xtask cluster` (xtask/src/cluster/toolchain.rs); do not edit.\n\
+             module cqrs.dev/coredns\n\ngo 1.22.7\n\nrequire github.com/coredns/coredns {COREDNS}\n"
+        ),
+    )?;
+    std::fs::write(src.join("main.go"), main_go)?;
+    step(
+        &format!("resolving CoreDNS {COREDNS}"),
+        go(go_bin, &src).args(["mod", "tidy"]),
+    )?;
+    let ldflags = format!("-s -w -X github.com/coredns/coredns/coremain.GitCommit={COREDNS}");
+    step(
+        &format!("compiling CoreDNS {COREDNS} (the kubernetes plugin and a few others)"),
+        go(go_bin, &src)
+            .args(["build", "-ldflags", &ldflags, "-o"])
+            .arg(dir.join("bin/coredns"))
+            .arg("."),
+    )
 }
 
 fn build_helm(go_bin: &Path, bin: &Path) -> Result<()> {
