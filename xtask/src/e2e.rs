@@ -479,6 +479,14 @@ fn run_local(keep: bool) -> Result<()> {
         }),
     };
     let result = scenario_reported(&target, started);
+    if result.is_err()
+        && let Some(node) = cluster.node()
+    {
+        println!(
+            "\nimages on the node (a pod waiting for another name will not get it): {}",
+            node.images().unwrap_or_default().join(", ")
+        );
+    }
     if keep {
         println!(
             "\nkeeping cluster `{CLUSTER}`: KUBECONFIG={} (cargo xtask cluster down removes only `cqrs`; \

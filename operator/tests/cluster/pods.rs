@@ -13,7 +13,7 @@ use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
 
 use crate::operator::{Operator, app_image, install_chart, storage_secret};
-use crate::support::{TestNamespace, cluster, in_netns, ok, root, run, wait_for};
+use crate::support::{TestNamespace, cluster, ctr, in_netns, ok, root, run, wait_for};
 
 /// The kwok node's pods never run; the real node is the one labelled by the tooling.
 fn real_node() -> String {
@@ -25,20 +25,6 @@ fn real_node() -> String {
         "-o",
         "jsonpath={.items[0].metadata.name}",
     ]))
-}
-
-/// `ctr` on the node's containerd (its socket is beside the node's logs).
-fn ctr() -> std::process::Command {
-    let logs = std::env::var_os("CQRS_TEST_NODE_LOGS").expect("CQRS_TEST_NODE_LOGS");
-    let socket = std::path::Path::new(&logs)
-        .parent()
-        .expect("node/logs")
-        .join("containerd.sock");
-    let mut cmd = std::process::Command::new("ctr");
-    cmd.arg("--address")
-        .arg(socket)
-        .args(["--namespace", "k8s.io"]);
-    cmd
 }
 
 /// The host pid of `pod`'s first container (its task in containerd).

@@ -118,18 +118,39 @@ fn tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-/// The pods of `ns` with their state and recent events, for a failure message.
+/// The pods of `ns` with their state and recent events, and the images the real node has
+/// (what a pod stuck on an image it asked for can be compared with), for a failure message.
 pub fn describe_pods(ns: &TestNamespace) -> String {
     let pods = run(ns.kubectl().args(["get", "pods", "-o", "wide"]));
     let events = run(ns
         .kubectl()
         .args(["get", "events", "--sort-by=.lastTimestamp"]));
+    let images = run(ctr().args(["images", "ls", "-q"]));
     format!(
-        "--- pods in {} ---\n{}\n--- events ---\n{}",
+        "--- pods in {} ---\n{}\n--- events ---\n{}\n--- images on the node ---\n{}",
         ns.name,
         String::from_utf8_lossy(&pods.stdout),
-        String::from_utf8_lossy(&events.stdout)
+        String::from_utf8_lossy(&events.stdout),
+        String::from_utf8_lossy(&images.stdout)
+            .lines()
+            .filter(|l| !l.starts_with("sha256:"))
+            .collect::<Vec<_>>()
+            .join("\n")
     )
+}
+
+/// `ctr` on the real node's containerd, in the CRI's namespace.
+pub fn ctr() -> Command {
+    let socket = cluster()
+        .node_logs
+        .parent()
+        .expect("node/logs has a parent")
+        .join("containerd.sock");
+    let mut cmd = Command::new("ctr");
+    cmd.arg("--address")
+        .arg(socket)
+        .args(["--namespace", "k8s.io"]);
+    cmd
 }
 
 /// Runs `work` on a thread of its own inside the cluster's network namespace (on a
