@@ -357,12 +357,24 @@ where
 /// chaos a message may wait out several visibility timeouts).
 pub async fn wait_for_result(url: &str) -> serde_json::Value {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let mut last = String::new();
     loop {
-        let body: serde_json::Value = reqwest::get(url).await.unwrap().json().await.unwrap();
-        if !body["registrationToken"].is_null() || body.get("error").is_some() {
-            return body;
+        // NB: an answer that is not the JSON document (a storage error, a read racing the
+        // blob's rewrite) is polled again; the deadline reports the last one.
+        if let Ok(response) = reqwest::get(url).await {
+            let status = response.status();
+            let text = response.text().await.unwrap_or_default();
+            match serde_json::from_str::<serde_json::Value>(&text) {
+                Ok(body) if !body["registrationToken"].is_null() || body.get("error").is_some() => {
+                    return body;
+                }
+                _ => last = format!("{status}: {text}"),
+            }
         }
-        assert!(tokio::time::Instant::now() < deadline, "no result in {url}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no result in {url}; last answer {last}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
