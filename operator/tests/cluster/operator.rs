@@ -125,13 +125,9 @@ impl Operator {
 
     /// The sum of every sample of metric `name` (all label sets) of the Ready pod.
     pub fn metric(&self, name: &str) -> f64 {
-        self.metric_of(&self.ready_pod(), name)
-    }
-
-    /// The sum of every sample of metric `name` of `pod`.
-    pub fn metric_of(&self, pod: &str, name: &str) -> f64 {
+        let pod = self.ready_pod();
         let body = self
-            .get(pod, "/metrics")
+            .get(&pod, "/metrics")
             .unwrap_or_else(|| panic!("the operator pod {pod} serves no /metrics"));
         body.lines()
             .filter(|l| {

@@ -310,11 +310,9 @@ impl Builder {
         let node = self.package_layer(rootfs::NODE, rootfs::BASE, rootfs::node)?;
         let pause = self.package_layer(rootfs::PAUSE, &[], |debs, _| rootfs::pause(debs))?;
         let azurite = self.azurite_layer()?;
-        let base_tree = rootfs::base(&rootfs::packages(rootfs::BASE, &self.lock, &self.debs)?)?;
         let mut images = vec![
             self.binary_image(
                 &base,
-                &base_tree,
                 &bin_dir.join("cqrs-operator"),
                 &operator_image(),
                 "Runs CqrsApps: Azure Storage queues and blobs, a web role, worker roles autoscaled on queue depth",
@@ -323,7 +321,6 @@ impl Builder {
             )?,
             self.binary_image(
                 &base,
-                &base_tree,
                 &bin_dir.join("reference-app"),
                 &app_image(),
                 "The reference CQRS app: registration and pie-shop inventory (web and worker roles)",
@@ -411,12 +408,11 @@ impl Builder {
     }
 
     /// The image of one binary of ours on the base: `/usr/local/bin/<file name>` as its
-    /// entrypoint, run as `nonroot`.
-    #[allow(clippy::too_many_arguments)]
+    /// entrypoint, run as `nonroot`. What the binary links is checked against the base when
+    /// its layer is built (the layer is keyed by the base too, so a new base checks it again).
     fn binary_image(
         &self,
         base: &Layer,
-        base_tree: &Tree,
         binary: &Path,
         reference: &str,
         description: &str,
@@ -427,9 +423,11 @@ impl Builder {
             .file_name()
             .and_then(|n| n.to_str())
             .context("a binary has a file name")?;
-        rootfs::check_links(binary, &[base_tree])?;
         let hash = debs::file_sha256(binary)?;
-        let bin_layer = self.layer(&format!("binary {name} {hash}"), self.created, || {
+        let inputs = format!("binary {name} {hash} on {}", base.digest);
+        let bin_layer = self.layer(&inputs, self.created, || {
+            let base_tree = rootfs::base(&rootfs::packages(rootfs::BASE, &self.lock, &self.debs)?)?;
+            rootfs::check_links(binary, &[&base_tree])?;
             rootfs::binary(binary, name)
         })?;
         let runtime = Runtime {
@@ -669,19 +667,8 @@ mod tests {
             );
         }
         let base = builder.base_layer().unwrap();
-        let tree =
-            rootfs::base(&rootfs::packages(rootfs::BASE, &builder.lock, &builder.debs).unwrap())
-                .unwrap();
         builder
-            .binary_image(
-                &base,
-                &tree,
-                binary,
-                "localhost/test/xtask:0",
-                "a test",
-                &[],
-                &[],
-            )
+            .binary_image(&base, binary, "localhost/test/xtask:0", "a test", &[], &[])
             .unwrap()
     }
 
