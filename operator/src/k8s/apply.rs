@@ -6,16 +6,15 @@ use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{DeleteParams, ListParams};
 use kube::{Api, Resource};
-use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::Context;
 use super::children::{self, APP_LABEL, Owner};
-use super::reconcile::FIELD_MANAGER;
 use super::scaling::{ClusterObserver, DeploymentTarget, ScalerKey};
 use super::storage::Connected;
+use super::writes::apply_object;
 use crate::Error;
 use crate::autoscale::WorkerScaling;
 use crate::crd::CqrsApp;
@@ -55,35 +54,6 @@ pub(super) async fn apply_children(
     prune::<Service>(ctx, owner, &keep_services).await?;
     prune::<ConfigMap>(ctx, owner, &keep_configmaps).await?;
     Ok(web)
-}
-
-/// Applies `object` server-side as the reconciler (forced: it is the only writer of what it
-/// applies).
-pub(super) async fn apply_object<K>(
-    client: &kube::Client,
-    namespace: &str,
-    object: &K,
-) -> Result<K, Error>
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + Serialize
-        + DeserializeOwned
-        + std::fmt::Debug,
-{
-    let api: Api<K> = Api::namespaced(client.clone(), namespace);
-    let name = object.meta().name.clone().unwrap_or_default();
-    api.patch(
-        &name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(object),
-    )
-    .await
-    .map_err(|source| Error::ApplyChild {
-        kind: K::kind(&()).to_string(),
-        name,
-        source,
-    })
 }
 
 /// Deletes children of `owner` of kind `K` whose names are not in `keep`.

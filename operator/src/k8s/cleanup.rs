@@ -6,8 +6,8 @@ use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 
 use super::Context;
-use super::reconcile::publish;
 use super::storage::{StorageFailure, StorageProblem};
+use super::writes::publish;
 use crate::Error;
 use crate::crd::{CqrsApp, DeletionPolicy};
 use crate::plan;

@@ -9,6 +9,7 @@ pub mod redrive;
 pub mod scaling;
 pub mod storage;
 pub mod workers;
+mod writes;
 
 #[cfg(test)]
 mod tests;

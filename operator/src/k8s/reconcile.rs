@@ -7,15 +7,16 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event as KubeEvent, EventType};
+use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{Event, finalizer};
 use kube::runtime::reflector::ObjectRef;
-use kube::{Api, Resource, ResourceExt};
+use kube::{Api, ResourceExt};
 
 use super::Context;
 use super::children::{self, Owner};
 use super::scaling::ScalerKey;
 use super::storage::Connected;
+use super::writes::{FIELD_MANAGER, publish, publish_as};
 use crate::Error;
 use crate::crd::{CqrsApp, CqrsAppStatus, condition};
 use crate::metrics::Timer;
@@ -24,8 +25,7 @@ use crate::validate::validate_app;
 
 /// Finalizer that lets the operator clean up storage before a CqrsApp goes away.
 pub const FINALIZER: &str = "cqrs.dev/storage";
-/// Field manager of everything the reconciler applies.
-pub const FIELD_MANAGER: &str = "cqrs-operator";
+
 /// How often a healthy app is reconciled anyway (refreshes queue depths in its status; its
 /// storage is provisioned again only every `provision_interval`). Scaling changes reconcile at
 /// once through the Deployment watch, so this only bounds how stale an idle status gets.
@@ -373,48 +373,4 @@ async fn warn_of_new_poison(app: &CqrsApp, ctx: &Context, status: &CqrsAppStatus
             .await;
         }
     }
-}
-
-/// Publishes an Event about `app` (its note cut to 1000 bytes).
-pub(super) async fn publish(
-    ctx: &Context,
-    app: &CqrsApp,
-    type_: EventType,
-    reason: &str,
-    note: String,
-) {
-    publish_as(ctx, app, type_, reason, "Reconcile", note).await;
-}
-
-/// The same with its own `action`: the recorder folds repeats of one (type, reason, action)
-/// into a series, so Events about different queues need different actions.
-pub(super) async fn publish_as(
-    ctx: &Context,
-    app: &CqrsApp,
-    type_: EventType,
-    reason: &str,
-    action: &str,
-    note: String,
-) {
-    let event = KubeEvent {
-        type_,
-        reason: reason.into(),
-        note: Some(truncate(note)),
-        action: action.chars().take(128).collect(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&event, &app.object_ref(&())).await {
-        tracing::warn!(error = %e, "cannot publish event");
-    }
-}
-
-fn truncate(mut note: String) -> String {
-    if note.len() > 1000 {
-        let mut end = 1000;
-        while !note.is_char_boundary(end) {
-            end -= 1;
-        }
-        note.truncate(end);
-    }
-    note
 }

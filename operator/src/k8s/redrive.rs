@@ -9,8 +9,8 @@ use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
 
 use super::Context;
-use super::reconcile::publish_as;
 use super::storage::Connected;
+use super::writes::publish_as;
 use crate::Error;
 use crate::crd::CqrsApp;
 

@@ -13,10 +13,9 @@ use kube::api::{Patch, PatchParams};
 use kube::{Api, Resource};
 use serde_json::{Value, json};
 
-use super::apply::apply_object;
 use super::children::{self, Owner};
-use super::reconcile::FIELD_MANAGER;
 use super::scaling::SCALER_MANAGER;
+use super::writes::{FIELD_MANAGER, apply_object};
 use crate::Error;
 use crate::crd::{CqrsAppSpec, WorkerSpec};
 use crate::plan::{RATE_SHARE_KEY, StorageAccess, format_rate_share};

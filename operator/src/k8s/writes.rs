@@ -1,0 +1,89 @@
+//! The reconciler's writes that every part of it shares: server-side apply under its field
+//! manager, and Events about an app. Below every other module of the controller, so their
+//! imports run one way (reconcile → apply/cleanup/provision/redrive/workers → writes).
+
+use kube::api::{Patch, PatchParams};
+use kube::runtime::events::{Event as KubeEvent, EventType};
+use kube::{Api, Resource};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::Context;
+use crate::Error;
+use crate::crd::CqrsApp;
+
+/// Field manager of everything the reconciler applies.
+pub const FIELD_MANAGER: &str = "cqrs-operator";
+
+/// Applies `object` server-side as the reconciler (forced: it is the only writer of what it
+/// applies).
+pub(super) async fn apply_object<K>(
+    client: &kube::Client,
+    namespace: &str,
+    object: &K,
+) -> Result<K, Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + Serialize
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
+    let name = object.meta().name.clone().unwrap_or_default();
+    api.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(object),
+    )
+    .await
+    .map_err(|source| Error::ApplyChild {
+        kind: K::kind(&()).to_string(),
+        name,
+        source,
+    })
+}
+
+/// Publishes an Event about `app` (its note cut to 1000 bytes).
+pub(super) async fn publish(
+    ctx: &Context,
+    app: &CqrsApp,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
+    publish_as(ctx, app, type_, reason, "Reconcile", note).await;
+}
+
+/// The same with its own `action`: the recorder folds repeats of one (type, reason, action)
+/// into a series, so Events about different queues need different actions.
+pub(super) async fn publish_as(
+    ctx: &Context,
+    app: &CqrsApp,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
+    let event = KubeEvent {
+        type_,
+        reason: reason.into(),
+        note: Some(truncate(note)),
+        action: action.chars().take(128).collect(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &app.object_ref(&())).await {
+        tracing::warn!(error = %e, "cannot publish event");
+    }
+}
+
+fn truncate(mut note: String) -> String {
+    if note.len() > 1000 {
+        let mut end = 1000;
+        while !note.is_char_boundary(end) {
+            end -= 1;
+        }
+        note.truncate(end);
+    }
+    note
+}
