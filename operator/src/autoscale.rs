@@ -95,6 +95,9 @@ pub struct Tick {
     pub error: Option<String>,
     /// How long the probe (storage calls) took.
     pub probe_duration: Duration,
+    /// How much longer than `pollingInterval` it was since the loop's previous probe
+    /// (`None` for its first).
+    pub late: Option<Duration>,
 }
 
 impl Tick {
@@ -128,6 +131,10 @@ pub trait ScaleObserver: Send + Sync {
 
 /// Runs until the sender of `config` is dropped. Config changes take effect at the next tick
 /// (the polling interval at once); the scaler keeps its history across them.
+///
+/// The first probe comes at a random point of the first interval, so the loops of many roles
+/// started together (an operator restart, a thousand apps applied at once) spread their probes
+/// over the interval instead of all probing, and reading their targets, in the same instant.
 pub async fn probe_loop(
     mut config: watch::Receiver<WorkerScaling>,
     probe: Arc<dyn QueueProbe>,
@@ -138,6 +145,7 @@ pub async fn probe_loop(
     let mut share_set: Option<Option<f64>> = None;
     let mut settings = config.borrow_and_update().clone();
     let mut ticker = interval(&settings);
+    let mut previous: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
@@ -148,12 +156,16 @@ pub async fn probe_loop(
                 let fresh = config.borrow_and_update().clone();
                 if fresh.scaling.polling_interval != settings.scaling.polling_interval {
                     ticker = interval(&fresh);
+                    previous = None;
                 }
                 settings = fresh;
                 continue;
             }
         }
-        let tick = run_once(
+        let now = Instant::now();
+        let late = previous.map(|p| now.duration_since(p).saturating_sub(period(&settings)));
+        previous = Some(now);
+        let mut tick = run_once(
             &settings,
             &mut scaler,
             &mut share_set,
@@ -161,15 +173,30 @@ pub async fn probe_loop(
             target.as_ref(),
         )
         .await;
+        tick.late = late;
         observer.on_tick(&tick);
     }
 }
 
+fn period(settings: &WorkerScaling) -> Duration {
+    Duration::from_secs(u64::from(settings.scaling.polling_interval.max(1)))
+}
+
+/// Ticks every polling interval from a random phase within the first.
 fn interval(settings: &WorkerScaling) -> tokio::time::Interval {
-    let period = Duration::from_secs(u64::from(settings.scaling.polling_interval.max(1)));
-    let mut ticker = tokio::time::interval(period);
+    let period = period(settings);
+    let phase = period.mul_f64(random_fraction());
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + phase, period);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     ticker
+}
+
+/// A number in [0, 1) from the standard library's per-instance random hasher keys (no random
+/// crate for one number per loop start).
+pub(crate) fn random_fraction() -> f64 {
+    use std::hash::BuildHasher;
+    let bits = std::collections::hash_map::RandomState::new().hash_one(0u8);
+    (bits >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// One probe, decision and actuation.
@@ -195,6 +222,7 @@ async fn run_once(
         decision: None,
         rate_share: share_set.flatten(),
         error: None,
+        late: None,
     };
     let current = match target.current_replicas().await {
         Ok(current) => current,

@@ -113,6 +113,8 @@ pub struct Metrics {
     pub probe_errors: Family<QueueLabels, Counter>,
     /// How long queue probes took.
     pub probe_duration: Histogram,
+    /// How much later than its polling interval each probe came after the loop's previous one.
+    pub probe_lateness: Histogram,
     /// Replicas the scaler asked for.
     pub desired_replicas: Family<WorkerLabels, Gauge>,
     /// Replicas observed before the last decision.
@@ -141,6 +143,9 @@ impl Metrics {
         let poison_queue_depth = Family::<QueueLabels, Gauge>::default();
         let probe_errors = Family::<QueueLabels, Counter>::default();
         let probe_duration = Histogram::new(exponential_buckets(0.001, 2.0, 14));
+        let probe_lateness = Histogram::new([
+            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ]);
         let desired_replicas = Family::<WorkerLabels, Gauge>::default();
         let current_replicas = Family::<WorkerLabels, Gauge>::default();
         let scaling_decisions = Family::<DecisionLabels, Counter>::default();
@@ -160,6 +165,11 @@ impl Metrics {
             provisionings.clone(),
         );
         registry.register_collector(Box::new(StorageRequests));
+        registry.register(
+            "kube_requests",
+            "Requests sent to the Kubernetes API server, by verb and resource (as the API server's apiserver_request_total names them)",
+            crate::k8s::requests::requests(),
+        );
         registry.register(
             "reconcile_errors",
             "Failed reconciliations, by reason",
@@ -191,6 +201,11 @@ impl Metrics {
             probe_duration.clone(),
         );
         registry.register(
+            "queue_probe_lateness_seconds",
+            "How much longer than pollingInterval passed between a loop's probe and its previous one",
+            probe_lateness.clone(),
+        );
+        registry.register(
             "worker_desired_replicas",
             "Replicas the scaler asked for",
             desired_replicas.clone(),
@@ -216,6 +231,7 @@ impl Metrics {
             poison_queue_depth,
             probe_errors,
             probe_duration,
+            probe_lateness,
             desired_replicas,
             current_replicas,
             scaling_decisions,
@@ -232,6 +248,9 @@ impl Metrics {
         };
         self.probe_duration
             .observe(tick.probe_duration.as_secs_f64());
+        if let Some(late) = tick.late {
+            self.probe_lateness.observe(late.as_secs_f64());
+        }
         match &tick.observation {
             Observation::Depth(depth) => {
                 self.queue_depth
@@ -451,6 +470,7 @@ mod tests {
             rate_share: None,
             error: None,
             probe_duration: Duration::from_millis(3),
+            late: Some(Duration::from_millis(20)),
         };
         m.record_tick("shop", "pieshop", &tick);
         m.reconciliations.inc();

@@ -58,7 +58,9 @@ pub struct QueueStatus {
     /// Exact visible messages at the last probe, when the queue was small enough to count.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub visible_message_count: Option<i64>,
-    /// When the queue was last probed.
+    /// When the queue was last probed with the counts shown. A status in which nothing but
+    /// this changed is written at most every 10 minutes, so on an idle app it lags by up to
+    /// that (the counts themselves are written when they change).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_probe_time: Option<Time>,
     /// Approximate messages in its poison queue (`<name>-poison`): commands that failed

@@ -7,14 +7,16 @@ use std::sync::Arc;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use kube::api::{DeleteParams, ListParams};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource};
 use serde::de::DeserializeOwned;
 
 use super::Context;
+use super::applied::{self, Live};
 use super::children::{self, APP_LABEL, Owner};
 use super::scaling::{ClusterObserver, DeploymentTarget, ScalerKey};
 use super::storage::Connected;
-use super::writes::apply_object;
+use super::writes::apply_child;
 use crate::Error;
 use crate::autoscale::WorkerScaling;
 use crate::crd::CqrsApp;
@@ -28,12 +30,12 @@ pub(super) async fn apply_children(
     connected: &Connected,
 ) -> Result<Option<Deployment>, Error> {
     let ns = &owner.namespace;
-    let client = &ctx.client;
-    apply_object(client, ns, &children::service_account(owner, &app.spec)).await?;
+    let sa = children::service_account(owner, &app.spec);
+    apply_child(ctx, &owner.name, ns, &sa, Live::Unwatched).await?;
     let mut keep_deployments = BTreeSet::new();
     let mut keep_configmaps = BTreeSet::new();
     for worker in &app.spec.workers {
-        super::workers::apply_worker(client, owner, &app.spec, worker, &connected.access).await?;
+        super::workers::apply_worker(ctx, owner, &app.spec, worker, &connected.access).await?;
         keep_deployments.insert(children::worker_name(&owner.name, &worker.name));
         if worker.max_messages_per_second.is_some() {
             keep_configmaps.insert(children::rate_configmap_name(&owner.name, &worker.name));
@@ -45,14 +47,28 @@ pub(super) async fn apply_children(
         children::web_deployment(owner, &app.spec, &connected.access),
         children::web_service(owner, &app.spec),
     ) {
-        keep_deployments.insert(children::web_name(&owner.name));
-        keep_services.insert(children::web_name(&owner.name));
-        web = Some(apply_object(client, ns, &deployment).await?);
-        apply_object(client, ns, &service).await?;
+        let name = children::web_name(&owner.name);
+        keep_deployments.insert(name.clone());
+        keep_services.insert(name.clone());
+        let cached = ctx.deployments.get(&ObjectRef::new(&name).within(ns));
+        let live = Live::Watched(cached.as_ref().map(|d| &d.metadata));
+        web = apply_child(ctx, &owner.name, ns, &deployment, live)
+            .await?
+            .or_else(|| cached.map(|d| (*d).clone()));
+        let cached = ctx.services.get(&ObjectRef::new(&name).within(ns));
+        let live = Live::Watched(cached.as_ref().map(|s| &s.metadata));
+        apply_child(ctx, &owner.name, ns, &service, live).await?;
     }
-    prune::<Deployment>(ctx, owner, &keep_deployments).await?;
-    prune::<Service>(ctx, owner, &keep_services).await?;
-    prune::<ConfigMap>(ctx, owner, &keep_configmaps).await?;
+    // NB: what to keep changes only with the spec; a child made behind the operator's back is
+    // deleted at the latest with the refresh of the memo.
+    let key = applied::key(ns, &owner.name, "prune", "");
+    let digest = applied::digest(&(&keep_deployments, &keep_services, &keep_configmaps));
+    if !ctx.applied.is_current(&key, digest, Live::Unwatched) {
+        prune::<Deployment>(ctx, owner, &keep_deployments).await?;
+        prune::<Service>(ctx, owner, &keep_services).await?;
+        prune::<ConfigMap>(ctx, owner, &keep_configmaps).await?;
+        ctx.applied.record(key, digest, None);
+    }
     Ok(web)
 }
 
@@ -103,6 +119,7 @@ pub(super) fn run_scalers(app: &CqrsApp, ctx: &Context, owner: &Owner, connected
         let key = ScalerKey::new(&owner.namespace, &owner.name, &worker.name);
         let settings = WorkerScaling::from(worker);
         let client = ctx.client.clone();
+        let cache = ctx.deployments.clone();
         let ns = owner.namespace.clone();
         let deployment = children::worker_name(&owner.name, &worker.name);
         let rate_cm = worker
@@ -118,7 +135,11 @@ pub(super) fn run_scalers(app: &CqrsApp, ctx: &Context, owner: &Owner, connected
             settings,
             &connected.probe_id,
             connected.probe.clone(),
-            move || Arc::new(DeploymentTarget::new(client, &ns, deployment, rate_cm)),
+            move || {
+                Arc::new(DeploymentTarget::new(
+                    client, cache, &ns, deployment, rate_cm,
+                ))
+            },
             observer,
         );
     }

@@ -1,11 +1,13 @@
 //! The Kubernetes controller: `cqrs-operator run`.
 
+mod applied;
 mod apply;
 pub mod children;
 mod cleanup;
 mod provision;
 pub mod reconcile;
 pub mod redrive;
+pub mod requests;
 pub mod scaling;
 pub mod storage;
 pub mod workers;
@@ -39,6 +41,11 @@ use storage::{Connected, StorageConnector};
 /// again (catches queues or containers deleted behind the operator's back). Every pass is
 /// several storage calls, and ARM ones for `storage.azure`, which ARM throttles.
 pub const PROVISION_INTERVAL: Duration = Duration::from_secs(600);
+
+/// How many apps are reconciled at once: enough to keep a thousand new apps moving, few
+/// enough that their first reconciliations (storage provisioning, a dozen API writes each) do
+/// not open hundreds of connections to the API server and the storage account at once.
+pub const RECONCILE_CONCURRENCY: u16 = 16;
 
 /// An app's storage as last provisioned.
 #[derive(Clone, Debug)]
@@ -74,6 +81,14 @@ pub struct Context {
     pub provision_interval: Duration,
     /// One lock per storage account, held while provisioning (CORS is read-modify-write).
     pub account_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// What was last applied to each child, so unchanged children are not sent again.
+    pub applied: applied::Applied,
+    /// The watch cache of the apps' Deployments (template and most managed fields pruned):
+    /// what the probe loops read replicas from and the reconciler compares with. Empty when
+    /// nothing feeds it (unit tests): readers then ask the API server.
+    pub deployments: reflector::Store<Deployment>,
+    /// The watch cache of the apps' Services.
+    pub services: reflector::Store<Service>,
 }
 
 impl std::fmt::Debug for Context {
@@ -102,18 +117,36 @@ impl Context {
             provisioned: Mutex::default(),
             provision_interval: PROVISION_INTERVAL,
             account_locks: Mutex::default(),
+            applied: applied::Applied::new(PROVISION_INTERVAL),
+            deployments: reflector::store().0,
+            services: reflector::store().0,
         }
     }
 
-    /// The same context, provisioning again every `interval` when nothing changed.
+    /// The same context, provisioning (and applying unchanged children) again every
+    /// `interval` when nothing changed.
     pub fn with_provision_interval(mut self, interval: Duration) -> Self {
         self.provision_interval = interval;
+        self.applied = applied::Applied::new(interval);
         self
     }
 
-    /// Stops every probe loop of app `app` in `namespace`.
+    /// The same context reading children from these watch caches.
+    pub fn with_stores(
+        mut self,
+        deployments: reflector::Store<Deployment>,
+        services: reflector::Store<Service>,
+    ) -> Self {
+        self.deployments = deployments;
+        self.services = services;
+        self
+    }
+
+    /// Stops every probe loop of app `app` in `namespace` (and forgets what was applied for
+    /// it, so the next reconcile writes everything again).
     pub fn stop_app(&self, namespace: &str, app: &str) {
         self.scalers.retain(|key| !key.of_app(namespace, app));
+        self.applied.forget_app(namespace, app);
     }
 
     /// The provisioning lock of the account behind `probe_id`.
@@ -225,11 +258,14 @@ pub async fn connect(timeout: Duration) -> Result<Client, RunError> {
             source: e,
         })?;
     let server = config.cluster_url.to_string();
-    let client = Client::try_from(config).map_err(|e| RunError::Client {
-        server: server.clone(),
-        tried: source.clone(),
-        source: e,
-    })?;
+    let client = kube::client::ClientBuilder::try_from(config)
+        .map_err(|e| RunError::Client {
+            server: server.clone(),
+            tried: source.clone(),
+            source: e,
+        })?
+        .with_layer(&tower::util::MapRequestLayer::new(requests::count))
+        .build();
     match tokio::time::timeout(timeout, client.apiserver_version()).await {
         Ok(Ok(version)) => {
             tracing::info!(%server, version = %version.git_version, "connected to the Kubernetes API");
@@ -315,9 +351,12 @@ pub async fn run(client: Client, options: RunOptions) -> Result<(), RunError> {
         client.clone(),
         options.arm_endpoint.clone(),
     ));
+    let (deployment_cache, deployment_writer) = reflector::store();
+    let (service_cache, service_writer) = reflector::store();
     let ctx = Arc::new(
         Context::new(client.clone(), storage, metrics.clone(), reporter)
-            .with_provision_interval(options.provision_interval),
+            .with_provision_interval(options.provision_interval)
+            .with_stores(deployment_cache, service_cache),
     );
     let (apps, deployments, services): (Api<CqrsApp>, Api<Deployment>, Api<Service>) =
         match &options.watch_namespace {
@@ -349,11 +388,27 @@ pub async fn run(client: Client, options: RunOptions) -> Result<(), RunError> {
                 .combine(redrive::requested),
             Default::default(),
         );
+    // NB: the children's watches feed caches the reconciler and the probe loops read, so a
+    // resync or a probe tick asks the API server nothing; the cached copies drop what nobody
+    // reads (pod templates, managed fields but the one asked about).
+    let deployment_events = watcher(deployments, children.clone())
+        .default_backoff()
+        .modify(workers::compact_for_cache)
+        .reflect(deployment_writer)
+        .touched_objects();
+    let service_events = watcher(services, children)
+        .default_backoff()
+        .modify(|s: &mut Service| s.metadata.managed_fields = None)
+        .reflect(service_writer)
+        .touched_objects();
     let controller = Controller::for_stream(app_events, reader)
-        .owns(deployments, children.clone())
         // NB: a scaling change patches a worker Deployment, whose watch event reconciles the
         // app and refreshes its status; the periodic resync catches the rest.
-        .owns(services, children)
+        .owns_stream(deployment_events)
+        .owns_stream(service_events)
+        .with_config(
+            kube::runtime::controller::Config::default().concurrency(RECONCILE_CONCURRENCY),
+        )
         .graceful_shutdown_on(async move {
             let _ = stop_rx.await;
         })

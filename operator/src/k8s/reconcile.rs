@@ -30,6 +30,9 @@ pub const FINALIZER: &str = "cqrs.dev/storage";
 /// storage is provisioned again only every `provision_interval`). Scaling changes reconcile at
 /// once through the Deployment watch, so this only bounds how stale an idle status gets.
 pub const RESYNC: Duration = Duration::from_secs(60);
+/// How long a status whose only change is its queues' `lastProbeTime` stays as stored: an idle
+/// app's status is written every 10 minutes, not every resync.
+pub const STATUS_REFRESH: Duration = Duration::from_secs(600);
 
 /// Reconciles one CqrsApp.
 pub async fn reconcile(app: Arc<CqrsApp>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -172,7 +175,12 @@ async fn apply(app: &CqrsApp, ctx: &Context) -> Result<Action, Error> {
         .await;
     }
     patch_status(app, ctx, status).await?;
-    Ok(Action::requeue(RESYNC))
+    Ok(Action::requeue(resync_delay()))
+}
+
+/// [`RESYNC`] ±10 %, so apps applied together do not keep resyncing together.
+pub fn resync_delay() -> Duration {
+    RESYNC.mul_f64(0.9 + 0.2 * crate::autoscale::random_fraction())
 }
 
 /// Stops the app's probe loops, records `checks` (and `ready`, else `Ready` derived from them)
@@ -316,6 +324,11 @@ async fn patch_status(
     if stored_form.is_some() && app.status == stored_form {
         return Ok(());
     }
+    if let (Some(stored), Some(new)) = (&app.status, &stored_form)
+        && only_recent_probe_times_differ(stored, new, Timestamp::now())
+    {
+        return Ok(());
+    }
     ctx.metrics.status_writes.inc();
     let api: Api<CqrsApp> =
         Api::namespaced(ctx.client.clone(), &app.namespace().unwrap_or_default());
@@ -328,6 +341,29 @@ async fn patch_status(
     .await
     .map_err(Error::PatchStatus)?;
     Ok(())
+}
+
+/// Whether `new` differs from `stored` only in its queues' `lastProbeTime`, all of them stored
+/// less than [`STATUS_REFRESH`] before `now`.
+fn only_recent_probe_times_differ(
+    stored: &CqrsAppStatus,
+    new: &CqrsAppStatus,
+    now: Timestamp,
+) -> bool {
+    let without_times = |s: &CqrsAppStatus| {
+        let mut s = s.clone();
+        for q in &mut s.queues {
+            q.last_probe_time = None;
+        }
+        s
+    };
+    let refresh = STATUS_REFRESH.as_secs() as i64;
+    without_times(stored) == without_times(new)
+        && stored.queues.iter().all(|q| {
+            q.last_probe_time
+                .as_ref()
+                .is_some_and(|t| now.as_second() - t.0.as_second() < refresh)
+        })
 }
 
 /// Publishes a Warning event when `Ready` changes to (or within) a failure with a new reason
@@ -372,5 +408,58 @@ async fn warn_of_new_poison(app: &CqrsApp, ctx: &Context, status: &CqrsAppStatus
             )
             .await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    use super::*;
+    use crate::crd::QueueStatus;
+
+    fn status(depth: i64, probed: i64) -> CqrsAppStatus {
+        CqrsAppStatus {
+            queues: vec![QueueStatus {
+                name: "orders".into(),
+                approximate_message_count: Some(depth),
+                last_probe_time: Some(Time(Timestamp::from_second(probed).unwrap())),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn resyncs_are_spread_around_the_period() {
+        let delays: Vec<Duration> = (0..200).map(|_| resync_delay()).collect();
+        assert!(
+            delays
+                .iter()
+                .all(|d| *d >= RESYNC.mul_f64(0.9) && *d <= RESYNC.mul_f64(1.1))
+        );
+        assert!(delays.iter().any(|d| *d != delays[0]), "{delays:?}");
+    }
+
+    #[test]
+    fn an_idle_status_is_rewritten_only_when_its_probe_times_grow_old() {
+        let now = Timestamp::from_second(10_000).unwrap();
+        let stored = status(0, 10_000 - 120);
+        assert!(only_recent_probe_times_differ(
+            &stored,
+            &status(0, 10_000),
+            now
+        ));
+        assert!(!only_recent_probe_times_differ(
+            &stored,
+            &status(3, 10_000),
+            now
+        ));
+        let old = status(0, 10_000 - 601);
+        assert!(!only_recent_probe_times_differ(
+            &old,
+            &status(0, 10_000),
+            now
+        ));
     }
 }

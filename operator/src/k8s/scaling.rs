@@ -9,6 +9,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client};
 use serde_json::json;
 
@@ -48,9 +49,11 @@ impl ScalerKey {
     }
 }
 
-/// A worker Deployment, scaled through its scale subresource.
-#[derive(Debug)]
+/// A worker Deployment, scaled through its scale subresource; its replicas are read from the
+/// controller's watch cache, so a probe tick asks the API server nothing.
 pub struct DeploymentTarget {
+    cache: Store<Deployment>,
+    namespace: String,
     deployments: Api<Deployment>,
     configmaps: Api<ConfigMap>,
     deployment: String,
@@ -62,16 +65,28 @@ impl DeploymentTarget {
     /// ConfigMap `rate_configmap` when the role is rate limited.
     pub fn new(
         client: Client,
+        cache: Store<Deployment>,
         namespace: &str,
         deployment: String,
         rate_configmap: Option<String>,
     ) -> Self {
         Self {
+            cache,
+            namespace: namespace.to_owned(),
             deployments: Api::namespaced(client.clone(), namespace),
             configmaps: Api::namespaced(client, namespace),
             deployment,
             rate_configmap,
         }
+    }
+}
+
+impl std::fmt::Debug for DeploymentTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeploymentTarget")
+            .field("namespace", &self.namespace)
+            .field("deployment", &self.deployment)
+            .finish_non_exhaustive()
     }
 }
 
@@ -82,6 +97,12 @@ fn target_err(action: &str, e: kube::Error) -> TargetError {
 #[async_trait]
 impl ScaleTarget for DeploymentTarget {
     async fn current_replicas(&self) -> Result<i32, TargetError> {
+        let key = ObjectRef::new(&self.deployment).within(&self.namespace);
+        if let Some(cached) = self.cache.get(&key) {
+            // NB: the API server defaults an absent `spec.replicas` to 1.
+            return Ok(cached.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1));
+        }
+        // NB: not in the cache (it is still filling, or nothing feeds it): ask the API.
         let scale = self
             .deployments
             .get_scale(&self.deployment)

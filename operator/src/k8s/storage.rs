@@ -112,12 +112,22 @@ pub trait StorageConnector: Send + Sync {
     }
 }
 
+/// A Secret by namespace and name.
+type SecretKey = (String, String);
+
+/// How long a Secret's resourceVersion is trusted: a changed Secret is noticed by the next
+/// reconcile after this (the operator does not watch Secrets: it is only allowed to get them).
+pub const REVISION_TTL: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The connector used in a cluster.
 pub struct ClusterStorage {
     client: Client,
     /// ARM endpoint override (sovereign clouds, tests).
     arm_endpoint: Option<Url>,
     accounts: Mutex<HashMap<String, StorageAccount>>,
+    /// Each Secret's resourceVersion as last read, and when: the apps sharing one Secret read
+    /// it once per [`REVISION_TTL`] between them.
+    revisions: Mutex<HashMap<SecretKey, (Option<String>, std::time::Instant)>>,
     credential: Mutex<Option<Arc<dyn azure_core::credentials::TokenCredential>>>,
 }
 
@@ -136,6 +146,7 @@ impl ClusterStorage {
             client,
             arm_endpoint,
             accounts: Mutex::default(),
+            revisions: Mutex::default(),
             credential: Mutex::default(),
         }
     }
@@ -320,8 +331,24 @@ impl StorageConnector for ClusterStorage {
     async fn revision(&self, app: &CqrsApp) -> Option<String> {
         let secret = app.spec.storage.connection_secret_ref.as_ref()?;
         let namespace = app.metadata.namespace.as_deref().unwrap_or("default");
+        let key = (namespace.to_owned(), secret.name.clone());
+        if let Some((revision, at)) = self
+            .revisions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            && at.elapsed() < REVISION_TTL
+        {
+            return revision.clone();
+        }
         let secrets: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
-        let meta = secrets.get_metadata_opt(&secret.name).await.ok()??;
-        meta.metadata.resource_version
+        // NB: a failed read is not remembered: the next reconcile asks again.
+        let meta = secrets.get_metadata_opt(&secret.name).await.ok()?;
+        let revision = meta.and_then(|m| m.metadata.resource_version);
+        self.revisions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, (revision.clone(), std::time::Instant::now()));
+        revision
     }
 }

@@ -8,11 +8,14 @@
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ObjectMeta};
 use kube::api::{Patch, PatchParams};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource};
 use serde_json::{Value, json};
 
+use super::Context;
+use super::applied::{self, Live};
 use super::children::{self, Owner};
 use super::scaling::SCALER_MANAGER;
 use super::writes::{FIELD_MANAGER, apply_object};
@@ -21,47 +24,81 @@ use crate::crd::{CqrsAppSpec, WorkerSpec};
 use crate::plan::{RATE_SHARE_KEY, StorageAccess, format_rate_share};
 use crate::scaler::rate_share;
 
-/// Applies worker role `worker`'s ConfigMap (when rate limited) and Deployment.
+/// Applies worker role `worker`'s ConfigMap (when rate limited) and Deployment, unless both
+/// already hold what the spec asks for (see [`super::applied`]).
 pub async fn apply_worker(
-    client: &kube::Client,
+    ctx: &Context,
     owner: &Owner,
     spec: &CqrsAppSpec,
     worker: &WorkerSpec,
     access: &StorageAccess,
 ) -> Result<(), Error> {
+    let client = &ctx.client;
     let ns = &owner.namespace;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
     let name = children::worker_name(&owner.name, &worker.name);
-    let existing = deployments
-        .get_opt(&name)
-        .await
-        .map_err(|source| apply_error::<Deployment>(&name, source))?;
+    let cached = ctx.deployments.get(&ObjectRef::new(&name).within(ns));
+    let key = applied::key(ns, &owner.name, "Deployment", &name);
+    let digest = applied::digest(&children::worker_deployment(
+        owner, spec, worker, access, None,
+    ));
+    let cm = worker
+        .max_messages_per_second
+        .map(|_| children::rate_configmap(owner, worker));
+    let cm_key = cm.as_ref().map(|cm| {
+        let cm_name = cm.metadata.name.clone().unwrap_or_default();
+        (
+            applied::key(ns, &owner.name, "ConfigMap", &cm_name),
+            cm_name,
+        )
+    });
+    let cm_current = match (&cm, &cm_key) {
+        (Some(cm), Some((key, _))) => {
+            ctx.applied
+                .is_current(key, applied::digest(cm), Live::Unwatched)
+        }
+        _ => true,
+    };
+    let live = Live::Watched(cached.as_ref().map(|d| &d.metadata));
+    if cm_current && ctx.applied.is_current(&key, digest, live) {
+        return Ok(());
+    }
+    // NB: the cache's copy is as good as a GET for what is read here (replicas and who owns
+    // them); a Deployment not in it yet is read from the API server, so a cache still filling
+    // can never make an existing Deployment look new (which would reset its replicas).
+    let existing = match cached {
+        Some(d) => Some((*d).clone()),
+        None => deployments
+            .get_opt(&name)
+            .await
+            .map_err(|source| apply_error::<Deployment>(&name, source))?,
+    };
     let replicas = existing
         .as_ref()
         .and_then(|d| d.spec.as_ref()?.replicas)
         .unwrap_or(worker.scaling.min_replicas);
 
-    if worker.max_messages_per_second.is_some() {
+    if let (Some(cm), Some((cm_key, cm_name)), false) = (&cm, &cm_key, cm_current) {
         let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
-        let cm = children::rate_configmap(owner, worker);
-        let cm_name = cm.metadata.name.clone().unwrap_or_default();
         let path = ["data", RATE_SHARE_KEY];
         let share = format_rate_share(rate_share(worker.max_messages_per_second, replicas));
         let share = json!({ "data": { RATE_SHARE_KEY: share } });
         let current = configmaps
-            .get_opt(&cm_name)
+            .get_opt(cm_name)
             .await
-            .map_err(|source| apply_error::<ConfigMap>(&cm_name, source))?;
+            .map_err(|source| apply_error::<ConfigMap>(cm_name, source))?;
         if current
             .as_ref()
             .is_some_and(|c| owned_by(&c.metadata, FIELD_MANAGER, &path))
         {
-            claim(&configmaps, &cm_name, share.clone()).await?;
+            claim(&configmaps, cm_name, share.clone()).await?;
         }
-        let applied = apply_object(client, ns, &cm).await?;
+        let applied = apply_object(client, ns, cm).await?;
         if !owned_by(&applied.metadata, SCALER_MANAGER, &path) {
-            claim(&configmaps, &cm_name, share).await?;
+            claim(&configmaps, cm_name, share).await?;
         }
+        ctx.applied
+            .record(cm_key.clone(), applied::digest(cm), None);
     }
 
     let create = existing.is_none();
@@ -85,7 +122,7 @@ pub async fn apply_worker(
         )
         .await?;
     }
-    apply_object(client, ns, &deployment).await?;
+    let answer = apply_object(client, ns, &deployment).await?;
     if create {
         claim(
             &deployments,
@@ -94,7 +131,27 @@ pub async fn apply_worker(
         )
         .await?;
     }
+    ctx.applied.record(key, digest, Some(&answer.metadata));
     Ok(())
+}
+
+/// What the Deployment cache keeps of a Deployment: everything but its pod template (nobody
+/// reads it from the cache; it is most of the object) and managed fields other than
+/// `spec.replicas` (all [`owned_by`] is asked about).
+pub fn compact_for_cache(deployment: &mut Deployment) {
+    if let Some(spec) = deployment.spec.as_mut() {
+        spec.template = Default::default();
+    }
+    if let Some(entries) = deployment.metadata.managed_fields.as_mut() {
+        entries.retain_mut(|entry| {
+            let replicas = entry
+                .fields_v1
+                .as_ref()
+                .and_then(|f| f.0.get("f:spec")?.get("f:replicas").cloned());
+            entry.fields_v1 = replicas.map(|r| FieldsV1(json!({ "f:spec": { "f:replicas": r } })));
+            entry.fields_v1.is_some()
+        });
+    }
 }
 
 /// Takes the fields of `fields` over for the scaler (forced server-side apply).
@@ -143,7 +200,7 @@ pub fn owned_by(meta: &ObjectMeta, manager: &str, path: &[&str]) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
 
     use super::*;
 
@@ -161,6 +218,41 @@ mod tests {
             ),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn the_cached_copy_keeps_who_owns_replicas_and_drops_the_template() {
+        let mut d = Deployment {
+            metadata: meta(&[
+                ("cqrs-operator", json!({"f:spec": {"f:template": {}}})),
+                (
+                    "cqrs-operator-scaler",
+                    json!({"f:spec": {"f:replicas": {}}}),
+                ),
+            ]),
+            spec: Some(k8s_openapi::api::apps::v1::DeploymentSpec {
+                replicas: Some(3),
+                template: k8s_openapi::api::core::v1::PodTemplateSpec {
+                    metadata: Some(ObjectMeta {
+                        name: Some("big".into()),
+                        ..Default::default()
+                    }),
+                    spec: None,
+                },
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        compact_for_cache(&mut d);
+        assert!(owned_by(
+            &d.metadata,
+            "cqrs-operator-scaler",
+            &["spec", "replicas"]
+        ));
+        assert_eq!(d.metadata.managed_fields.as_ref().map(Vec::len), Some(1));
+        let spec = d.spec.unwrap();
+        assert_eq!(spec.replicas, Some(3));
+        assert!(spec.template.metadata.is_none());
     }
 
     #[test]

@@ -9,6 +9,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::Context;
+use super::applied::{self, Live};
 use crate::Error;
 use crate::crd::CqrsApp;
 
@@ -42,6 +43,34 @@ where
         name,
         source,
     })
+}
+
+/// Applies child `object` of app `app` as [`apply_object`] does, unless what it asks for was
+/// already applied to the object as `live` still is ([`applied::Applied`]). Returns the API
+/// server's answer, or `None` when nothing was sent.
+pub(super) async fn apply_child<K>(
+    ctx: &Context,
+    app: &str,
+    namespace: &str,
+    object: &K,
+    live: Live<'_>,
+) -> Result<Option<K>, Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + Serialize
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    let name = object.meta().name.clone().unwrap_or_default();
+    let key = applied::key(namespace, app, &K::kind(&()), &name);
+    let digest = applied::digest(object);
+    if ctx.applied.is_current(&key, digest, live) {
+        return Ok(None);
+    }
+    let answer = apply_object(&ctx.client, namespace, object).await?;
+    ctx.applied.record(key, digest, Some(answer.meta()));
+    Ok(Some(answer))
 }
 
 /// Publishes an Event about `app` (its note cut to 1000 bytes).

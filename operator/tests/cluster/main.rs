@@ -6,6 +6,7 @@
 mod changes;
 mod chart;
 mod crd;
+mod fleet;
 mod harness;
 mod lifecycle;
 mod operator;

@@ -125,6 +125,12 @@ impl Operator {
 
     /// The sum of every sample of metric `name` (all label sets) of the Ready pod.
     pub fn metric(&self, name: &str) -> f64 {
+        self.metric_with(name, &[])
+    }
+
+    /// The sum of the samples of metric `name` of the Ready pod whose labels include every
+    /// `(label, value)` of `labels`.
+    pub fn metric_with(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         let pod = self.ready_pod();
         let body = self
             .get(&pod, "/metrics")
@@ -133,6 +139,11 @@ impl Operator {
             .filter(|l| {
                 l.strip_prefix(name)
                     .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+            })
+            .filter(|l| {
+                labels
+                    .iter()
+                    .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
             })
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()

@@ -12,12 +12,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use cqrs_storage::queues::Ensured;
 use cqrs_storage::{BlobCorsRule, Provisioner, QueueDepth, QueueProbe};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Service;
 use kube::runtime::controller::Action;
 use kube::runtime::events::Reporter;
 use serde_json::{Value, json};
 
 use super::Context;
-use super::reconcile::{FINALIZER, RESYNC, error_policy, reconcile};
+use super::reconcile::{FINALIZER, error_policy, reconcile};
 use super::storage::{Connected, StorageConnector, StorageProblem};
 use crate::crd::{CqrsApp, DeletionPolicy, SecretKeyRef};
 use crate::metrics::Metrics;
@@ -228,11 +230,47 @@ fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
 }
 
 #[tokio::test]
+async fn a_resync_of_an_unchanged_app_applies_and_lists_nothing() {
+    use kube::runtime::{reflector, watcher};
+    let mut s = scenario();
+    let (deployments, mut deployment_writer) = reflector::store::<Deployment>();
+    let (services, mut service_writer) = reflector::store::<Service>();
+    let ctx = Arc::try_unwrap(s.ctx)
+        .unwrap()
+        .with_stores(deployments, services);
+    s.ctx = Arc::new(ctx);
+    s.reconcile(stored_app()).await.unwrap();
+    // The watches deliver what the API server now holds.
+    for name in ["pieshop-registrar", "pieshop-stocker", "pieshop-web"] {
+        let d: Deployment = serde_json::from_value(
+            s.object(&format!("/apis/apps/v1/namespaces/shop/deployments/{name}")),
+        )
+        .unwrap();
+        deployment_writer.apply_watcher_event(&watcher::Event::Apply(d));
+    }
+    let svc: Service =
+        serde_json::from_value(s.object("/api/v1/namespaces/shop/services/pieshop-web")).unwrap();
+    service_writer.apply_watcher_event(&watcher::Event::Apply(svc));
+    let before = s.lines().len();
+    s.reconcile(stored_app()).await.unwrap();
+    let again: Vec<String> = s.lines()[before..]
+        .iter()
+        .filter(|l| !l.ends_with("/status"))
+        .cloned()
+        .collect();
+    assert_eq!(
+        again,
+        Vec::<String>::new(),
+        "a resync sends no apply, GET or LIST"
+    );
+}
+
+#[tokio::test]
 async fn creates_children_owned_by_the_app_with_the_environment_contract() {
     let s = scenario();
     s.storage.depth.store(7, Ordering::SeqCst);
     let action = s.reconcile(stored_app()).await.unwrap();
-    assert_eq!(action, Action::requeue(RESYNC));
+    assert_ne!(action, Action::await_change(), "a healthy app is resynced");
 
     assert_eq!(
         s.lines(),
