@@ -67,6 +67,10 @@ async fn main() -> Result<()> {
             let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
             peers::run(&args[1..]).await
         }
+        Some("fleet") => {
+            let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+            peers::run_fleet(&args[1..]).await
+        }
         _ => bail!(
             "usage: cqrs-bench run --bin-dir <dir> --out <file> [--azurite <connection string>] [--quick] [--only <name>]\n(without --azurite each benchmark starts its own Azurite: $CQRS_AZURITE_BIN or .tools/azurite)"
         ),

@@ -16,8 +16,10 @@ const END: &str = "<!-- bench:end -->";
 /// Runs the benchmarks; `--quick` (short runs) or `--only <name>` (one benchmark) write to
 /// `target/bench-partial.md` instead of docs/benchmarks.md, so a partial run never replaces the table.
 pub fn run(args: &[String]) -> Result<()> {
-    if args.first().is_some_and(|a| a == "peers") {
-        return crate::peers::run(&args[1..]);
+    match args.first().map(String::as_str) {
+        Some("peers") => return crate::peers::run(crate::peers::Kind::Peers, &args[1..]),
+        Some("scale") => return crate::peers::run(crate::peers::Kind::Scale, &args[1..]),
+        _ => {}
     }
     let partial = args.iter().any(|a| a == "--quick" || a == "--only");
     let azurite_bin = tools::azurite()?;

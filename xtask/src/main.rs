@@ -34,7 +34,9 @@ tasks:
           writes bench/results.md and the table in docs/benchmarks.md (--quick: short runs;
           --only <name>: one benchmark; both write target/bench-partial.md instead);
           `bench peers`: cqrs-operator beside KEDA + HPA on the local control plane (builds
-          KEDA from the Go module proxy; needs root for its network namespace; [--runs N])
+          KEDA from the Go module proxy; needs root for its network namespace; [--runs N]);
+          `bench scale [--apps 100,1000] [--workers 2]`: N apps on one cqrs-operator, then
+          N x K ScaledObjects on KEDA, on the same cluster and queues (needs root)
   cluster up [--no-node] [--debug] | down | env | status | load [--debug]
           a local Kubernetes 1.33 cluster from binaries built from the Go module proxy and
           cached in ~/.cache/cqrs-operator: etcd, apiserver, controller-manager, scheduler, a

@@ -8,6 +8,7 @@
 //! non-loopback address of that namespace, which the apiserver reaches through the
 //! APIService's endpoint.
 
+mod fleet;
 mod procs;
 mod proxy;
 mod scenarios;
@@ -82,6 +83,8 @@ impl PeersArgs {
 
 const NAMESPACE: &str = "peers";
 
+pub use fleet::run as run_fleet;
+
 pub async fn run(args: &[String]) -> Result<()> {
     let args = PeersArgs::parse(args)?;
     // NB: kept after the run (and replaced by the next): the processes' logs and each role's
@@ -91,18 +94,9 @@ pub async fn run(args: &[String]) -> Result<()> {
     std::fs::create_dir_all(&work)?;
     let azurite = Azurite::start(AzuriteOptions::default()).await?;
     let direct = azurite.connection_string();
-    let upstream = direct.queue_endpoint.origin().ascii_serialization();
-    let proxy = proxy::CountingProxy::start(&upstream, Some(&work.join("proxy.log"))).await?;
-    let mut proxied = direct.clone();
-    proxied.queue_endpoint = format!(
-        "http://{}{}",
-        proxy.addr,
-        direct.queue_endpoint.path().trim_end_matches('/')
-    )
-    .parse()?;
-    let kubeconfig = kube::config::Kubeconfig::read_from(&args.kubeconfig)?;
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
-    let client = kube::Client::try_from(config)?;
+    let (proxy, proxied) =
+        proxy::CountingProxy::in_front_of(&direct, Some(&work.join("proxy.log"))).await?;
+    let client = client(&args.kubeconfig).await?;
     let objects = Objects {
         client: client.clone(),
         namespace: NAMESPACE.into(),
@@ -129,9 +123,16 @@ pub async fn run(args: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// A client with the credentials of `kubeconfig`.
+pub(super) async fn client(kubeconfig: &std::path::Path) -> Result<kube::Client> {
+    let kubeconfig = kube::config::Kubeconfig::read_from(kubeconfig)?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
+    Ok(kube::Client::try_from(config)?)
+}
+
 /// The Service the APIService names gets the adapter's address as its only endpoint (no
 /// selector: the adapter is a host process, not a pod).
-async fn point_the_api_service_at(client: &kube::Client, ip: &str) -> Result<()> {
+pub(super) async fn point_the_api_service_at(client: &kube::Client, ip: &str) -> Result<()> {
     sides::apply(
         client,
         Some(KEDA_NAMESPACE),
@@ -159,7 +160,10 @@ async fn point_the_api_service_at(client: &kube::Client, ip: &str) -> Result<()>
 
 /// Waits until the APIService is Available; the condition's message when it does not get
 /// there within `limit`.
-async fn api_service_available(client: &kube::Client, limit: Duration) -> Result<(), String> {
+pub(super) async fn api_service_available(
+    client: &kube::Client,
+    limit: Duration,
+) -> Result<(), String> {
     let api: Api<APIService> = Api::all(client.clone());
     let deadline = Instant::now() + limit;
     let mut last = String::from("the APIService was never read");

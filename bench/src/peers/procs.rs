@@ -62,6 +62,31 @@ impl Proc {
             .with_context(|| format!("cannot read VmHWM of {} (pid {pid})", self.name))
     }
 
+    /// Its resident memory now (VmRSS), in MiB.
+    pub fn rss_mib(&self) -> Result<f64> {
+        let pid = self.child.id().context("the process has exited")?;
+        crate::memory::kib(pid, "VmRSS:")
+            .map(|kib| kib / 1024.0)
+            .with_context(|| format!("cannot read VmRSS of {} (pid {pid})", self.name))
+    }
+
+    /// CPU seconds it has used so far (user + system).
+    pub fn cpu_seconds(&self) -> Result<f64> {
+        let pid = self.child.id().context("the process has exited")?;
+        cpu_seconds(pid).with_context(|| format!("cannot read the CPU time of {}", self.name))
+    }
+
+    /// Its Prometheus metrics now, when it serves them.
+    pub async fn metrics_text(&self) -> Option<String> {
+        let addr = self.metrics?;
+        reqwest::get(format!("http://{addr}/metrics"))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()
+    }
+
     /// Fails, with the end of its log, when it has exited.
     pub fn check_alive(&mut self) -> Result<()> {
         if let Ok(Some(status)) = self.child.try_wait() {
@@ -92,6 +117,25 @@ impl Proc {
     pub async fn stop(mut self) {
         let _ = self.child.kill().await;
     }
+}
+
+/// CPU seconds process `pid` has used (user + system, from `/proc/<pid>/stat`).
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // NB: the command name (field 2) may hold spaces; the fields after its ')' are fixed.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / clock_ticks())
+}
+
+/// Clock ticks per second (`getconf CLK_TCK`; 100 on Linux unless it says otherwise).
+fn clock_ticks() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
 }
 
 fn free_addr() -> Result<SocketAddr> {

@@ -30,6 +30,8 @@ struct Shared {
     started: Option<std::time::Instant>,
     /// The longest call Azurite took to answer.
     slowest: Duration,
+    /// When each call came, since the start (for how calls bunch together).
+    times: Vec<Duration>,
 }
 
 /// The running proxy.
@@ -90,9 +92,51 @@ impl CountingProxy {
         Ok(Self { addr, shared })
     }
 
+    /// A proxy in front of the queue service of `direct`, and the connection string that
+    /// reaches it through the proxy.
+    pub async fn in_front_of(
+        direct: &cqrs_storage::ConnectionString,
+        log: Option<&std::path::Path>,
+    ) -> Result<(Self, cqrs_storage::ConnectionString)> {
+        let upstream = direct.queue_endpoint.origin().ascii_serialization();
+        let proxy = Self::start(&upstream, log).await?;
+        let mut proxied = direct.clone();
+        proxied.queue_endpoint = format!(
+            "http://{}{}",
+            proxy.addr,
+            direct.queue_endpoint.path().trim_end_matches('/')
+        )
+        .parse()?;
+        Ok((proxy, proxied))
+    }
+
     /// Storage calls for `queue` (and its poison queue) so far.
     pub fn calls(&self, queue: &str) -> u64 {
         self.lock().calls.get(queue).copied().unwrap_or(0)
+    }
+
+    /// Every call so far, of any queue.
+    pub fn total(&self) -> u64 {
+        self.lock().times.len() as u64
+    }
+
+    /// How many calls came in each `slot` from `from` to `to` (times since the proxy started:
+    /// see [`Self::now`]).
+    pub fn per_slot(&self, from: Duration, to: Duration, slot: Duration) -> Vec<u64> {
+        let n = ((to.saturating_sub(from)).as_secs_f64() / slot.as_secs_f64()).ceil() as usize;
+        let mut slots = vec![0u64; n.max(1)];
+        for t in self.lock().times.iter().filter(|t| **t >= from && **t < to) {
+            let i = ((*t - from).as_secs_f64() / slot.as_secs_f64()) as usize;
+            if let Some(s) = slots.get_mut(i) {
+                *s += 1;
+            }
+        }
+        slots
+    }
+
+    /// Time since the proxy started.
+    pub fn now(&self) -> Duration {
+        self.lock().started.map(|s| s.elapsed()).unwrap_or_default()
     }
 
     /// The longest any call forwarded to Azurite took so far.
@@ -126,6 +170,8 @@ async fn forward(State(up): State<Upstream>, request: Request) -> Response {
     let queue = queue_of(request.uri().path());
     let unreachable = {
         let mut shared = up.shared.lock().unwrap_or_else(|p| p.into_inner());
+        let at = shared.started.map(|s| s.elapsed()).unwrap_or_default();
+        shared.times.push(at);
         if let Some(queue) = &queue {
             *shared.calls.entry(queue.clone()).or_default() += 1;
         }

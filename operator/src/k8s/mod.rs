@@ -380,6 +380,8 @@ pub async fn run(client: Client, options: RunOptions) -> Result<(), RunError> {
     let (reader, writer) = reflector::store();
     let app_events = watcher(apps, watcher::Config::default().any_semantic())
         .default_backoff()
+        // NB: nothing reads an app's managed fields; a thousand apps' are megabytes.
+        .modify(|app: &mut CqrsApp| app.metadata.managed_fields = None)
         .reflect(writer)
         .applied_objects()
         .predicate_filter(

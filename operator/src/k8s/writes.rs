@@ -16,20 +16,32 @@ use crate::crd::CqrsApp;
 /// Field manager of everything the reconciler applies.
 pub const FIELD_MANAGER: &str = "cqrs-operator";
 
-/// Applies `object` server-side as the reconciler (forced: it is the only writer of what it
-/// applies).
-pub(super) async fn apply_object<K>(
-    client: &kube::Client,
-    namespace: &str,
-    object: &K,
-) -> Result<K, Error>
-where
+/// What the reconciler applies: a namespaced Kubernetes object.
+pub(super) trait Child:
+    Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+    + Clone
+    + Serialize
+    + DeserializeOwned
+    + std::fmt::Debug
+{
+}
+
+impl<K> Child for K where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
         + Clone
         + Serialize
         + DeserializeOwned
-        + std::fmt::Debug,
+        + std::fmt::Debug
 {
+}
+
+/// Applies `object` server-side as the reconciler (forced: it is the only writer of what it
+/// applies).
+pub(super) async fn apply_object<K: Child>(
+    client: &kube::Client,
+    namespace: &str,
+    object: &K,
+) -> Result<K, Error> {
     let api: Api<K> = Api::namespaced(client.clone(), namespace);
     let name = object.meta().name.clone().unwrap_or_default();
     api.patch(
@@ -48,20 +60,13 @@ where
 /// Applies child `object` of app `app` as [`apply_object`] does, unless what it asks for was
 /// already applied to the object as `live` still is ([`applied::Applied`]). Returns the API
 /// server's answer, or `None` when nothing was sent.
-pub(super) async fn apply_child<K>(
+pub(super) async fn apply_child<K: Child>(
     ctx: &Context,
     app: &str,
     namespace: &str,
     object: &K,
     live: Live<'_>,
-) -> Result<Option<K>, Error>
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + Serialize
-        + DeserializeOwned
-        + std::fmt::Debug,
-{
+) -> Result<Option<K>, Error> {
     let name = object.meta().name.clone().unwrap_or_default();
     let key = applied::key(namespace, app, &K::kind(&()), &name);
     let digest = applied::digest(object);

@@ -537,8 +537,12 @@ impl Cluster {
             self.kill_leftovers();
             let _ = std::fs::remove_dir_all(self.dir());
         }
-        // NB: also a namespace whose cluster directory is gone already.
-        node.netns.delete();
+        // NB: also a namespace whose cluster directory is gone already; only for a cluster
+        // with a node (a cluster without one may run inside a namespace of that very name,
+        // as `bench peers` does).
+        if self.with_node {
+            node.netns.delete();
+        }
         let _ = std::fs::remove_file(self.kwokctl_log());
     }
 

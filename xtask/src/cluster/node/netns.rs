@@ -71,6 +71,13 @@ impl Netns {
         PathBuf::from("/run/netns").join(&self.name)
     }
 
+    /// Whether this process runs in it.
+    fn is_ours(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let id = |p: &std::path::Path| std::fs::metadata(p).map(|m| (m.dev(), m.ino())).ok();
+        id(&self.path()).is_some_and(|ns| Some(ns) == id(std::path::Path::new("/proc/self/ns/net")))
+    }
+
     /// Whether it exists.
     pub fn exists(&self) -> bool {
         self.path().exists()
@@ -162,6 +169,10 @@ impl Netns {
     /// Kills what still runs in the namespace and deletes it (its veth pair goes with it).
     pub fn delete(&self) {
         if !self.exists() {
+            return;
+        }
+        // NB: never the namespace this process runs in (killing its processes kills us).
+        if self.is_ours() {
             return;
         }
         if let Ok(pids) = output(Command::new("ip").args(["netns", "pids", &self.name])) {
