@@ -90,6 +90,8 @@ struct Figures {
     ready_count: usize,
     expected: usize,
     peak_rss: f64,
+    /// KEDA's peak RSS as (operator, adapter).
+    peak_parts: Option<(f64, f64)>,
     settled_rss: f64,
     cpu_per_idle_minute: f64,
     /// API server requests per idle minute, by "VERB resource", baseline removed.
@@ -155,20 +157,36 @@ pub async fn run(args: &[String]) -> Result<()> {
     let baseline = minus(&apiserver_counts(&client).await?.0, &before.0);
     let mut results = Vec::new();
     for &n in &args.apps {
-        let ours = fleet.ours(n, &baseline).await;
-        let ours = ours.with_context(|| format!("cqrs-operator at {n} apps"))?;
+        // NB: a failure at one N ends the run but keeps the table of the Ns before it.
+        let ours = match fleet.ours(n, &baseline).await {
+            Ok(ours) => ours,
+            Err(e) => {
+                eprintln!("cqrs-operator at {n} apps failed: {e:#}; stopping here");
+                break;
+            }
+        };
         eprintln!("    {ours:?}");
         let keda = if n <= args.keda_up_to {
-            let keda = fleet.keda(n, &baseline).await;
-            let keda = keda.with_context(|| format!("KEDA at {n} apps"))?;
-            eprintln!("    {keda:?}");
-            Some(keda)
+            match fleet.keda(n, &baseline).await {
+                Ok(keda) => Some(keda),
+                Err(e) => {
+                    eprintln!("KEDA at {n} apps failed: {e:#}; stopping here");
+                    break;
+                }
+            }
         } else {
             None
         };
+        eprintln!("    {keda:?}");
         results.push((n, ours, keda));
+        // NB: written after every N, so a run stopped during a large N keeps the smaller ones.
+        std::fs::write(&args.peers.out, report(&args, &results))
+            .with_context(|| format!("cannot write {}", args.peers.out.display()))?;
     }
     azurite.stop().await;
+    if results.is_empty() {
+        bail!("no N was measured");
+    }
     let report = report(&args, &results);
     println!("\n{report}");
     std::fs::write(&args.peers.out, &report)
@@ -436,11 +454,13 @@ impl Fleet<'_> {
     /// own client rate limit.
     async fn settled(&self, ns: &str) {
         let deployments: Api<Deployment> = Api::namespaced(self.client.clone(), ns);
-        let caught_up = crate::common::wait_until(
+        // NB: a list of thousands of Deployments is not something to poll every 20 ms.
+        wait_slowly(
             &format!("the Deployment controller to catch up in {ns}"),
             Duration::from_secs(300),
+            Duration::from_secs(2),
             || async {
-                let done = deployments
+                deployments
                     .list(&Default::default())
                     .await
                     .is_ok_and(|list| {
@@ -448,18 +468,10 @@ impl Fleet<'_> {
                             d.status.as_ref().and_then(|s| s.observed_generation)
                                 >= d.metadata.generation
                         })
-                    });
-                // NB: a list of thousands of Deployments is not something to poll every 20 ms.
-                if !done {
-                    tokio::time::sleep(Duration::from_secs(2)).await;
-                }
-                done
+                    })
             },
         )
         .await;
-        if let Err(e) = caught_up {
-            eprintln!("    {e}; measuring anyway");
-        }
     }
 
     /// One idle minute: the API server's and the storage's traffic, CPU and memory of `main`
@@ -496,6 +508,7 @@ impl Fleet<'_> {
         let peak_rss = |p: &Proc| p.peak_rss_mib().unwrap_or(0.0);
         f.settled_rss = rss(main) + extra.map_or(0.0, rss);
         f.peak_rss = peak_rss(main) + extra.map_or(0.0, peak_rss);
+        f.peak_parts = extra.map(|e| (peak_rss(main), peak_rss(e)));
         f.control_plane_rss = (process_rss("etcd"), process_rss("kube-apiserver"));
         Ok(())
     }
@@ -568,24 +581,18 @@ impl Fleet<'_> {
         // NB: not until the namespace is gone: its deletion waits for every API group's
         // discovery, and external.metrics.k8s.io is unavailable while KEDA's adapter is down.
         let deployments: Api<Deployment> = Api::namespaced(self.client.clone(), ns);
-        let gone = crate::common::wait_until(
+        wait_slowly(
             &format!("the Deployments of namespace {ns} to be deleted"),
             Duration::from_secs(600),
+            Duration::from_secs(1),
             || async {
-                let empty = deployments
+                deployments
                     .list_metadata(&kube::api::ListParams::default().limit(1))
                     .await
-                    .is_ok_and(|l| l.items.is_empty());
-                if !empty {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-                empty
+                    .is_ok_and(|l| l.items.is_empty())
             },
         )
         .await;
-        if let Err(e) = gone {
-            eprintln!("    {e}; going on");
-        }
         Ok(())
     }
 }
@@ -663,6 +670,22 @@ impl ReadySet {
 impl Drop for ReadySet {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// Polls `check` every `every` until it holds or `limit` passes (then says so and goes on).
+async fn wait_slowly<F, Fut>(what: &str, limit: Duration, every: Duration, check: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    while !check().await {
+        if Instant::now() > deadline {
+            eprintln!("    timed out after {limit:?} waiting for {what}; going on");
+            return;
+        }
+        tokio::time::sleep(every).await;
     }
 }
 
