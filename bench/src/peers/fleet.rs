@@ -852,15 +852,10 @@ fn report(args: &FleetArgs, results: &[(usize, Figures, Option<Figures>)]) -> St
     let rows: [(&str, Cell); 13] = [
         ("All Ready after the apply", |f, _| match f.ready {
             Some(r) => format!("{r:.1} s"),
-            None => format!(
-                "{} of {} Ready{}",
-                f.ready_count,
-                f.expected,
-                f.note
-                    .as_deref()
-                    .map(|n| format!(" ({n})"))
-                    .unwrap_or_default()
-            ),
+            None => f
+                .note
+                .clone()
+                .unwrap_or_else(|| format!("{} of {} Ready", f.ready_count, f.expected)),
         }),
         ("Autoscaler peak RSS", |f, _| {
             format!("{:.0} MiB", f.peak_rss)
