@@ -94,6 +94,15 @@ pub fn key(namespace: &str, app: &str, kind: &str, name: &str) -> String {
     format!("{namespace}/{app}/{kind}/{name}")
 }
 
+/// The memo key of child `name` of kind `K` of app `app`.
+pub fn key_of<K: kube::Resource<DynamicType = ()>>(
+    namespace: &str,
+    app: &str,
+    name: &str,
+) -> String {
+    key(namespace, app, &K::kind(&()), name)
+}
+
 /// A digest of what is applied (its JSON form).
 pub fn digest<T: Serialize>(value: &T) -> u64 {
     let mut hasher = DefaultHasher::new();

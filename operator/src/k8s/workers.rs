@@ -38,29 +38,23 @@ pub async fn apply_worker(
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
     let name = children::worker_name(&owner.name, &worker.name);
     let cached = ctx.deployments.get(&ObjectRef::new(&name).within(ns));
-    let key = applied::key(ns, &owner.name, "Deployment", &name);
+    let key = applied::key_of::<Deployment>(ns, &owner.name, &name);
     let digest = applied::digest(&children::worker_deployment(
         owner, spec, worker, access, None,
     ));
-    let cm = worker
+    // NB: the rate ConfigMap, when the role has one and it is not as last applied.
+    let stale_cm = worker
         .max_messages_per_second
-        .map(|_| children::rate_configmap(owner, worker));
-    let cm_key = cm.as_ref().map(|cm| {
-        let cm_name = cm.metadata.name.clone().unwrap_or_default();
-        (
-            applied::key(ns, &owner.name, "ConfigMap", &cm_name),
-            cm_name,
-        )
-    });
-    let cm_current = match (&cm, &cm_key) {
-        (Some(cm), Some((key, _))) => {
-            ctx.applied
-                .is_current(key, applied::digest(cm), Live::Unwatched)
-        }
-        _ => true,
-    };
+        .map(|_| {
+            let cm = children::rate_configmap(owner, worker);
+            let name = cm.metadata.name.clone().unwrap_or_default();
+            let key = applied::key_of::<ConfigMap>(ns, &owner.name, &name);
+            let digest = applied::digest(&cm);
+            (cm, name, key, digest)
+        })
+        .filter(|(_, _, key, digest)| !ctx.applied.is_current(key, *digest, Live::Unwatched));
     let live = Live::Watched(cached.as_ref().map(|d| &d.metadata));
-    if cm_current && ctx.applied.is_current(&key, digest, live) {
+    if stale_cm.is_none() && ctx.applied.is_current(&key, digest, live) {
         return Ok(());
     }
     // NB: the cache's copy is as good as a GET for what is read here (replicas and who owns
@@ -78,27 +72,26 @@ pub async fn apply_worker(
         .and_then(|d| d.spec.as_ref()?.replicas)
         .unwrap_or(worker.scaling.min_replicas);
 
-    if let (Some(cm), Some((cm_key, cm_name)), false) = (&cm, &cm_key, cm_current) {
+    if let Some((cm, cm_name, cm_key, cm_digest)) = stale_cm {
         let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
         let path = ["data", RATE_SHARE_KEY];
         let share = format_rate_share(rate_share(worker.max_messages_per_second, replicas));
         let share = json!({ "data": { RATE_SHARE_KEY: share } });
         let current = configmaps
-            .get_opt(cm_name)
+            .get_opt(&cm_name)
             .await
-            .map_err(|source| apply_error::<ConfigMap>(cm_name, source))?;
+            .map_err(|source| apply_error::<ConfigMap>(&cm_name, source))?;
         if current
             .as_ref()
             .is_some_and(|c| owned_by(&c.metadata, FIELD_MANAGER, &path))
         {
-            claim(&configmaps, cm_name, share.clone()).await?;
+            claim(&configmaps, &cm_name, share.clone()).await?;
         }
-        let applied = apply_object(client, ns, cm).await?;
+        let applied = apply_object(client, ns, &cm).await?;
         if !owned_by(&applied.metadata, SCALER_MANAGER, &path) {
-            claim(&configmaps, cm_name, share).await?;
+            claim(&configmaps, &cm_name, share).await?;
         }
-        ctx.applied
-            .record(cm_key.clone(), applied::digest(cm), None);
+        ctx.applied.record(cm_key, cm_digest, None);
     }
 
     let create = existing.is_none();

@@ -68,7 +68,7 @@ pub(super) async fn apply_child<K: Child>(
     live: Live<'_>,
 ) -> Result<Option<K>, Error> {
     let name = object.meta().name.clone().unwrap_or_default();
-    let key = applied::key(namespace, app, &K::kind(&()), &name);
+    let key = applied::key_of::<K>(namespace, app, &name);
     let digest = applied::digest(object);
     if ctx.applied.is_current(&key, digest, live) {
         return Ok(None);
