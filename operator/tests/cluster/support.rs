@@ -310,12 +310,22 @@ pub fn ensure_crd() {
             "-f",
         ])
         .arg(crd_file()));
-    ok(cluster().kubectl().args([
-        "wait",
-        "--for=condition=Established",
-        "crd/cqrsapps.cqrs.dev",
-        "--timeout=60s",
-    ]));
+    // NB: polled rather than `kubectl wait`, which fails at once ("<nil> is of the type
+    // <nil>") when it reads the CRD before the apiserver gave it any condition.
+    wait_for(
+        "the CqrsApp CRD to be Established",
+        Duration::from_secs(60),
+        || {
+            let out = run(cluster().kubectl().args([
+                "get",
+                "crd/cqrsapps.cqrs.dev",
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Established\")].status}",
+            ]));
+            (out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "True")
+                .then_some(())
+        },
+    );
 }
 
 /// Runs `cmd` with `input` on its stdin.
