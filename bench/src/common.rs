@@ -79,7 +79,9 @@ impl Bench {
     /// Fresh queue and container names, provisioned.
     pub async fn provisioned(&self) -> Result<Names> {
         let names = Names::fresh();
-        self.account.provision(&names.plan()).await?;
+        self.account
+            .provision(&names.plan(), &Default::default())
+            .await?;
         Ok(names)
     }
 

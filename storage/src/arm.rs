@@ -12,11 +12,11 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use azure_core_legacy::auth::{AccessToken as LegacyToken, Secret as LegacySecret};
 use azure_mgmt_storage::package_2023_05 as mgmt;
+use azure_storage_blob::models::CorsRule;
 use mgmt::models;
 use url::Url;
 
-use crate::blobs::{BlobCorsRule, merge_cors_rules};
-use crate::provision::{ProvisionReport, Provisioner, StoragePlan};
+use crate::provision::{CorsLock, ProvisionReport, Provisioner, StoragePlan};
 use crate::queues::Ensured;
 use crate::{Error, SdkError};
 
@@ -345,11 +345,11 @@ impl Provisioner for ArmProvisioner {
         Ok(Ensured::Created)
     }
 
-    async fn ensure_blob_cors(&self, owner: &str, rules: &[BlobCorsRule]) -> Result<bool, Error> {
-        let existing: Vec<_> = self.blob_cors().await?.iter().map(to_data_plane).collect();
-        let Some(merged) = merge_cors_rules(&existing, owner, rules)? else {
-            return Ok(false);
-        };
+    async fn read_blob_cors(&self) -> Result<Vec<CorsRule>, Error> {
+        Ok(self.blob_cors().await?.iter().map(to_data_plane).collect())
+    }
+
+    async fn write_blob_cors(&self, merged: Vec<CorsRule>) -> Result<(), Error> {
         let t = &self.target;
         let mut props = models::BlobServiceProperties::new();
         props.properties = Some(models::blob_service_properties::Properties {
@@ -369,7 +369,7 @@ impl Provisioner for ArmProvisioner {
             )
             .await
             .map_err(|e| arm_err("write blob service CORS", t.resource_id(), e))?;
-        Ok(true)
+        Ok(())
     }
 
     async fn delete_queue(&self, name: &str) -> Result<bool, Error> {
@@ -404,14 +404,18 @@ impl Provisioner for ArmProvisioner {
         )
     }
 
-    async fn provision(&self, plan: &StoragePlan) -> Result<ProvisionReport, Error> {
+    async fn provision(
+        &self,
+        plan: &StoragePlan,
+        cors: &CorsLock,
+    ) -> Result<ProvisionReport, Error> {
         if let AccountState::Provisioning(state) = self.ensure_account().await? {
             return Err(Error::AccountProvisioning {
                 account: self.target.account_name.clone(),
                 state,
             });
         }
-        crate::provision::provision_steps(self, plan).await
+        crate::provision::provision_steps(self, plan, cors).await
     }
 }
 

@@ -190,7 +190,7 @@ impl StorageAccount {
         let Some(merged) = merge_cors_rules(&existing, owner, rules)? else {
             return Ok(false);
         };
-        self.write_cors(merged).await?;
+        self.write_blob_cors(merged).await?;
         Ok(true)
     }
 
@@ -199,7 +199,8 @@ impl StorageAccount {
         self.ensure_blob_cors(owner, &[]).await
     }
 
-    async fn write_cors(&self, rules: Vec<CorsRule>) -> Result<(), Error> {
+    /// Replaces the blob service's CORS rules with `rules`.
+    pub async fn write_blob_cors(&self, rules: Vec<CorsRule>) -> Result<(), Error> {
         let write_err = |e| Error::BlobCors {
             action: "write",
             source: SdkError(e),

@@ -31,9 +31,11 @@ pub mod sas;
 use std::fmt;
 
 pub use account::{RetrySettings, StorageAccount};
+/// The SDK's blob-service CORS rule, as [`Provisioner`] reads and writes them.
+pub use azure_storage_blob::models::CorsRule;
 pub use blobs::BlobCorsRule;
 pub use connection::ConnectionString;
-pub use provision::{Provisioner, QueueProbe, StoragePlan};
+pub use provision::{CorsLock, Provisioner, QueueProbe, StoragePlan};
 pub use queues::QueueDepth;
 
 /// An error from the Azure SDK, displayed without SAS signatures (reqwest errors print the

@@ -329,13 +329,13 @@ async fn provisioning_waits_for_the_account_then_creates_queues_containers_and_c
         "maxAgeInSeconds": 60, "exposedHeaders": ["*"], "allowedHeaders": ["*"]}),
     ];
 
-    let err = p.provision(&plan).await.unwrap_err();
+    let err = p.provision(&plan, &Default::default()).await.unwrap_err();
     assert!(matches!(err, Error::AccountProvisioning { .. }), "{err}");
     assert!(err.is_transient());
     arm.lock().unwrap().account_state = Some("Succeeded");
     arm.lock().unwrap().seen.clear();
 
-    let report = p.provision(&plan).await.unwrap();
+    let report = p.provision(&plan, &Default::default()).await.unwrap();
     assert_eq!(
         report.created,
         [
@@ -376,7 +376,7 @@ async fn provisioning_waits_for_the_account_then_creates_queues_containers_and_c
 
     // A second pass only reads.
     arm.lock().unwrap().seen.clear();
-    let again = p.provision(&plan).await.unwrap();
+    let again = p.provision(&plan, &Default::default()).await.unwrap();
     assert!(again.created.is_empty() && !again.cors_updated);
     assert!(requests(&arm).iter().all(|(m, _)| m == "GET"));
 }
@@ -397,7 +397,7 @@ async fn deprovisioning_deletes_and_tolerates_what_is_gone() {
         containers: vec!["results".into()],
         cors: vec![],
     };
-    p.deprovision(&plan).await.unwrap();
+    p.deprovision(&plan, &Default::default()).await.unwrap();
     assert_eq!(
         requests(&arm),
         vec![

@@ -196,12 +196,15 @@ async fn provision_creates_what_is_missing_and_deprovision_removes_it() {
         containers: vec![unique_name("results")],
         cors: vec![],
     };
-    let first = account.provision(&plan).await.unwrap();
+    let first = account.provision(&plan, &Default::default()).await.unwrap();
     assert_eq!(first.created.len(), 3, "{:?}", first.created);
-    let second = account.provision(&plan).await.unwrap();
+    let second = account.provision(&plan, &Default::default()).await.unwrap();
     assert!(second.created.is_empty(), "{:?}", second.created);
 
-    account.deprovision(&plan).await.unwrap();
+    account
+        .deprovision(&plan, &Default::default())
+        .await
+        .unwrap();
     for q in plan.all_queues() {
         assert!(!queue_exists(&account, &q).await, "{q} should be deleted");
     }
@@ -213,7 +216,10 @@ async fn provision_creates_what_is_missing_and_deprovision_removes_it() {
             .unwrap()
     );
     // Deprovisioning twice is fine.
-    account.deprovision(&plan).await.unwrap();
+    account
+        .deprovision(&plan, &Default::default())
+        .await
+        .unwrap();
 }
 
 /// CORS rules are account-wide, so this test has an Azurite of its own.

@@ -71,6 +71,23 @@ impl Applied {
             .insert(key, entry);
     }
 
+    /// Whether `digest` was recorded for `key` less than `within` ago.
+    pub fn recorded_within(&self, key: &str, digest: u64, within: Duration) -> bool {
+        self.entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .is_some_and(|e| e.digest == digest && e.at.elapsed() < within)
+    }
+
+    /// Whether anything was recorded for `key` (and not forgotten since).
+    pub fn knows(&self, key: &str) -> bool {
+        self.entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(key)
+    }
+
     /// Forgets `key` (its next apply is sent whatever it holds).
     pub fn forget(&self, key: &str) {
         self.entries

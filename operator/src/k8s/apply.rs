@@ -5,9 +5,10 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{DeleteParams, ListParams};
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{self, ObjectRef};
 use kube::{Api, Resource};
 use serde::de::DeserializeOwned;
 
@@ -64,16 +65,25 @@ pub(super) async fn apply_children(
     let key = applied::key(ns, &owner.name, "prune", "");
     let digest = applied::digest(&(&keep_deployments, &keep_services, &keep_configmaps));
     if !ctx.applied.is_current(&key, digest, Live::Unwatched) {
-        prune::<Deployment>(ctx, owner, &keep_deployments).await?;
-        prune::<Service>(ctx, owner, &keep_services).await?;
-        prune::<ConfigMap>(ctx, owner, &keep_configmaps).await?;
+        prune(ctx, owner, &keep_deployments, Some(&ctx.deployments)).await?;
+        prune(ctx, owner, &keep_services, Some(&ctx.services)).await?;
+        // NB: ConfigMaps are not watched; a namespace holds few, so listing them is cheap.
+        prune::<ConfigMap>(ctx, owner, &keep_configmaps, None).await?;
         ctx.applied.record(key, digest, None);
     }
     Ok(web)
 }
 
-/// Deletes children of `owner` of kind `K` whose names are not in `keep`.
-async fn prune<K>(ctx: &Context, owner: &Owner, keep: &BTreeSet<String>) -> Result<(), Error>
+/// Deletes children of `owner` of kind `K` whose names are not in `keep`, finding them in
+/// `cache` when its watch has filled it (a new app's first apply then lists nothing: a LIST
+/// of a namespace's thousands of Deployments is the API server's costliest read), else by a
+/// LIST.
+async fn prune<K>(
+    ctx: &Context,
+    owner: &Owner,
+    keep: &BTreeSet<String>,
+    cache: Option<&reflector::Store<K>>,
+) -> Result<(), Error>
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
         + Clone
@@ -81,17 +91,32 @@ where
         + std::fmt::Debug,
 {
     let api: Api<K> = Api::namespaced(ctx.client.clone(), &owner.namespace);
-    let list = api
-        .list_metadata(&ListParams::default().labels(&format!("{APP_LABEL}={}", owner.name)))
-        .await
-        .map_err(|source| Error::PruneChildren {
-            kind: K::kind(&()).to_string(),
-            source,
-        })?;
-    for item in list.items {
-        let name = item.metadata.name.clone().unwrap_or_default();
-        let ours = item
-            .metadata
+    let children: Vec<ObjectMeta> = match cache.filter(|c| Context::filled(c)) {
+        Some(cache) => cache
+            .state()
+            .iter()
+            .map(|child| child.meta())
+            .filter(|meta| {
+                meta.namespace.as_deref() == Some(owner.namespace.as_str())
+                    && meta.labels.as_ref().and_then(|l| l.get(APP_LABEL)) == Some(&owner.name)
+            })
+            .cloned()
+            .collect(),
+        None => api
+            .list_metadata(&ListParams::default().labels(&format!("{APP_LABEL}={}", owner.name)))
+            .await
+            .map_err(|source| Error::PruneChildren {
+                kind: K::kind(&()).to_string(),
+                source,
+            })?
+            .items
+            .into_iter()
+            .map(|item| item.metadata)
+            .collect(),
+    };
+    for meta in children {
+        let name = meta.name.clone().unwrap_or_default();
+        let ours = meta
             .owner_references
             .iter()
             .flatten()

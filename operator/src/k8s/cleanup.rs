@@ -81,10 +81,7 @@ pub(super) async fn cleanup(app: &CqrsApp, ctx: &Context) -> Result<Action, Erro
     };
     let plan = plan::storage_plan(&format!("{namespace}-{name}"), &name, &app.spec);
     let lock = ctx.account_lock(&connected.probe_id);
-    let result = {
-        let _guard = lock.lock().await;
-        connected.provisioner.deprovision(&plan).await
-    };
+    let result = connected.provisioner.deprovision(&plan, &lock).await;
     if let Err(e) = result {
         publish(
             ctx,

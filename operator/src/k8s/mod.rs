@@ -4,12 +4,14 @@ mod applied;
 mod apply;
 pub mod children;
 mod cleanup;
+mod poison_counts;
 mod provision;
 pub mod reconcile;
 pub mod redrive;
 pub mod requests;
 pub mod scaling;
 pub mod storage;
+mod triggers;
 pub mod workers;
 mod writes;
 
@@ -79,8 +81,8 @@ pub struct Context {
     pub provisioned: Mutex<HashMap<ObjectRef<CqrsApp>, Provisioned>>,
     /// How often storage is provisioned again when nothing changed.
     pub provision_interval: Duration,
-    /// One lock per storage account, held while provisioning (CORS is read-modify-write).
-    pub account_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Each storage account's CORS lock and memo (see [`cqrs_storage::CorsLock`]).
+    pub account_locks: Mutex<HashMap<String, Arc<cqrs_storage::CorsLock>>>,
     /// What was last applied to each child, so unchanged children are not sent again.
     pub applied: applied::Applied,
     /// The watch cache of the apps' Deployments (template and most managed fields pruned):
@@ -89,6 +91,8 @@ pub struct Context {
     pub deployments: reflector::Store<Deployment>,
     /// The watch cache of the apps' Services.
     pub services: reflector::Store<Service>,
+    /// Poison-queue depths as last read for status.
+    pub poison_counts: poison_counts::PoisonCounts,
 }
 
 impl std::fmt::Debug for Context {
@@ -120,6 +124,7 @@ impl Context {
             applied: applied::Applied::new(PROVISION_INTERVAL),
             deployments: reflector::store().0,
             services: reflector::store().0,
+            poison_counts: Default::default(),
         }
     }
 
@@ -142,6 +147,20 @@ impl Context {
         self
     }
 
+    /// Whether `store`'s watch has delivered its first full list (a store nothing feeds never
+    /// is): only then does a name missing from it mean the object is missing.
+    pub fn filled<K>(store: &reflector::Store<K>) -> bool
+    where
+        K: kube::Resource + Clone + 'static,
+        K::DynamicType: Eq + std::hash::Hash + Clone,
+    {
+        use futures::FutureExt as _;
+        store
+            .wait_until_ready()
+            .now_or_never()
+            .is_some_and(|ready| ready.is_ok())
+    }
+
     /// Stops every probe loop of app `app` in `namespace` (and forgets what was applied for
     /// it, so the next reconcile writes everything again).
     pub fn stop_app(&self, namespace: &str, app: &str) {
@@ -149,8 +168,8 @@ impl Context {
         self.applied.forget_app(namespace, app);
     }
 
-    /// The provisioning lock of the account behind `probe_id`.
-    pub fn account_lock(&self, probe_id: &str) -> Arc<tokio::sync::Mutex<()>> {
+    /// The CORS lock of the account behind `probe_id` (see [`cqrs_storage::CorsLock`]).
+    pub fn account_lock(&self, probe_id: &str) -> Arc<cqrs_storage::CorsLock> {
         let mut locks = self.account_locks.lock().unwrap_or_else(|p| p.into_inner());
         locks.entry(probe_id.to_string()).or_default().clone()
     }
@@ -393,11 +412,13 @@ pub async fn run(client: Client, options: RunOptions) -> Result<(), RunError> {
     // NB: the children's watches feed caches the reconciler and the probe loops read, so a
     // resync or a probe tick asks the API server nothing; the cached copies drop what nobody
     // reads (pod templates, managed fields but the one asked about).
-    let deployment_events = watcher(deployments, children.clone())
-        .default_backoff()
-        .modify(workers::compact_for_cache)
-        .reflect(deployment_writer)
-        .touched_objects();
+    let deployment_events = triggers::changed(
+        watcher(deployments, children.clone())
+            .default_backoff()
+            .modify(workers::compact_for_cache)
+            .reflect(deployment_writer),
+        triggers::deployment_signature,
+    );
     let service_events = watcher(services, children)
         .default_backoff()
         .modify(|s: &mut Service| s.metadata.managed_fields = None)

@@ -36,23 +36,22 @@ pub(super) async fn connect_and_provision(
     let connected = ctx.storage.connect(app).await?;
     let owner_id = format!("{}-{}", app.namespace().unwrap_or_default(), app.name_any());
     let plan = plan::storage_plan(&owner_id, &app.name_any(), &app.spec);
-    // NB: CORS rules are read-modify-written per account; serialize apps sharing one.
     let lock = ctx.account_lock(&connected.probe_id);
-    let report = {
-        let _guard = lock.lock().await;
-        connected.provisioner.provision(&plan).await
-    }
-    .map_err(|e| {
-        let reason = if matches!(e, cqrs_storage::Error::AccountProvisioning { .. }) {
-            StorageFailure::AccountProvisioning
-        } else {
-            StorageFailure::ProvisionFailed
-        };
-        StorageProblem {
-            reason,
-            message: e.to_string(),
-        }
-    })?;
+    let report = connected
+        .provisioner
+        .provision(&plan, &lock)
+        .await
+        .map_err(|e| {
+            let reason = if matches!(e, cqrs_storage::Error::AccountProvisioning { .. }) {
+                StorageFailure::AccountProvisioning
+            } else {
+                StorageFailure::ProvisionFailed
+            };
+            StorageProblem {
+                reason,
+                message: e.to_string(),
+            }
+        })?;
     if !report.created.is_empty() || report.cors_updated {
         let mut what = report.created.clone();
         if report.cors_updated {

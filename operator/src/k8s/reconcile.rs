@@ -13,6 +13,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 
 use super::Context;
+use super::applied;
 use super::children::{self, Owner};
 use super::scaling::ScalerKey;
 use super::storage::Connected;
@@ -232,7 +233,16 @@ async fn compute_status(
         })
         .collect();
     let workers = status::workers(views);
-    let queues = status::queues(&app.spec.queues, &workers.depths, connected.probe.as_ref()).await;
+    let poison = app
+        .spec
+        .queues
+        .iter()
+        .map(|q| cqrs_storage::queues::poison_queue_name(&q.name))
+        .collect();
+    let probe = ctx
+        .poison_counts
+        .probe(&connected.probe_id, poison, connected.probe.as_ref());
+    let queues = status::queues(&app.spec.queues, &workers.depths, &probe).await;
     let storage = Check::ok(
         condition::STORAGE_READY,
         "Provisioned",
@@ -329,9 +339,20 @@ async fn patch_status(
     {
         return Ok(());
     }
+    // NB: the app in the cache can be older than this operator's last status write (a child's
+    // watch event reconciles it before the write's own event arrives): what was written within
+    // the last resync period is not written again (probe times aside, as above).
+    let namespace = app.namespace().unwrap_or_default();
+    let key = applied::key(&namespace, &app.name_any(), "status", "");
+    let digest = applied::digest(&(
+        &app.metadata.uid,
+        stored_form.as_ref().map(without_probe_times),
+    ));
+    if stored_form.is_some() && ctx.applied.recorded_within(&key, digest, RESYNC) {
+        return Ok(());
+    }
     ctx.metrics.status_writes.inc();
-    let api: Api<CqrsApp> =
-        Api::namespaced(ctx.client.clone(), &app.namespace().unwrap_or_default());
+    let api: Api<CqrsApp> = Api::namespaced(ctx.client.clone(), &namespace);
     let patch = serde_json::json!({ "apiVersion": "cqrs.dev/v1alpha1", "kind": "CqrsApp", "status": status });
     api.patch_status(
         &app.name_any(),
@@ -340,7 +361,17 @@ async fn patch_status(
     )
     .await
     .map_err(Error::PatchStatus)?;
+    ctx.applied.record(key, digest, None);
     Ok(())
+}
+
+/// `status` without its queues' `lastProbeTime`.
+fn without_probe_times(status: &CqrsAppStatus) -> CqrsAppStatus {
+    let mut status = status.clone();
+    for queue in &mut status.queues {
+        queue.last_probe_time = None;
+    }
+    status
 }
 
 /// Whether `new` differs from `stored` only in its queues' `lastProbeTime`, all of them stored
@@ -350,15 +381,8 @@ fn only_recent_probe_times_differ(
     new: &CqrsAppStatus,
     now: Timestamp,
 ) -> bool {
-    let without_times = |s: &CqrsAppStatus| {
-        let mut s = s.clone();
-        for q in &mut s.queues {
-            q.last_probe_time = None;
-        }
-        s
-    };
     let refresh = STATUS_REFRESH.as_secs() as i64;
-    without_times(stored) == without_times(new)
+    without_probe_times(stored) == without_probe_times(new)
         && stored.queues.iter().all(|q| {
             q.last_probe_time
                 .as_ref()

@@ -2,9 +2,12 @@
 //!
 //! The reconciler applies them (field manager [`FIELD_MANAGER`]) with everything but the two
 //! fields the scaler changes: `spec.replicas` and the share. Those belong to the scaler
-//! ([`SCALER_MANAGER`]) from the moment the object exists, as HPA users do with their
-//! Deployments: a new Deployment is created with `minReplicas` and the scaler takes the field
-//! over at once with a forced apply, so later applies without it neither reset nor drop it.
+//! ([`SCALER_MANAGER`]), as HPA users do with their Deployments. A new Deployment is created
+//! with `minReplicas`, owned by the reconciler until one of two things happens first: the
+//! scaler changes it (its update takes the field over), or the reconciler applies the
+//! Deployment again, which hands the field over with a forced apply as the scaler first, so an
+//! apply without it neither resets nor drops it. (Handing it over at creation was one more
+//! write per role for every new app, most of which never scale before they are edited.)
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -58,10 +61,13 @@ pub async fn apply_worker(
         return Ok(());
     }
     // NB: the cache's copy is as good as a GET for what is read here (replicas and who owns
-    // them); a Deployment not in it yet is read from the API server, so a cache still filling
-    // can never make an existing Deployment look new (which would reset its replicas).
+    // them). A Deployment missing from it is read from the API server unless the cache is
+    // filled and this operator never applied it: a cache still filling, or one whose watch
+    // has not yet delivered our own create, can never make an existing Deployment look new
+    // (which would reset its replicas).
     let existing = match cached {
         Some(d) => Some((*d).clone()),
+        None if Context::filled(&ctx.deployments) && !ctx.applied.knows(&key) => None,
         None => deployments
             .get_opt(&name)
             .await
@@ -102,8 +108,8 @@ pub async fn apply_worker(
         access,
         create.then_some(worker.scaling.min_replicas),
     );
-    // NB: a Deployment whose replicas the reconciler still owns (created by an operator that
-    // stopped before handing it over) is handed over first, or the apply below would drop it.
+    // NB: a Deployment whose replicas the reconciler still owns (never scaled since it was
+    // created) is handed over first, or the apply below would drop them.
     let reconciler_owns = existing
         .as_ref()
         .is_some_and(|d| owned_by(&d.metadata, FIELD_MANAGER, &["spec", "replicas"]));
@@ -116,14 +122,6 @@ pub async fn apply_worker(
         .await?;
     }
     let answer = apply_object(client, ns, &deployment).await?;
-    if create {
-        claim(
-            &deployments,
-            &name,
-            json!({ "spec": { "replicas": worker.scaling.min_replicas } }),
-        )
-        .await?;
-    }
     ctx.applied.record(key, digest, Some(&answer.metadata));
     Ok(())
 }

@@ -295,7 +295,7 @@ pub async fn run(
         RetrySettings::BACKGROUND,
     )?;
     let plan = plan::storage_plan(&format!("local-{name}"), &name, &spec);
-    let report = account.provision(&plan).await?;
+    let report = account.provision(&plan, &Default::default()).await?;
     eprintln!(
         "[runtime] storage ready: {} queue(s), {} container(s){}",
         plan.all_queues().len(),

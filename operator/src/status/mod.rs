@@ -91,16 +91,24 @@ pub async fn queues(
     seen: &BTreeMap<String, (QueueDepth, SystemTime)>,
     probe: &dyn QueueProbe,
 ) -> Vec<QueueStatus> {
-    let mut out = Vec::new();
-    for queue in spec {
+    // NB: every queue and poison queue is read at once: a reconcile waits for one storage
+    // round trip, not one per queue.
+    futures::future::join_all(spec.iter().map(|queue| async move {
         let mut status = QueueStatus {
             name: queue.name.clone(),
             ..Default::default()
         };
-        let (depth, at) = match seen.get(&queue.name) {
-            Some((depth, at)) => (Ok(*depth), *at),
-            None => (probe.queue_depth(&queue.name).await, SystemTime::now()),
-        };
+        let poison = cqrs_storage::queues::poison_queue_name(&queue.name);
+        let ((depth, at), poisoned) = futures::future::join(
+            async {
+                match seen.get(&queue.name) {
+                    Some((depth, at)) => (Ok(*depth), *at),
+                    None => (probe.queue_depth(&queue.name).await, SystemTime::now()),
+                }
+            },
+            probe.queue_depth(&poison),
+        )
+        .await;
         match depth {
             Ok(depth) => {
                 status.approximate_message_count = i64::try_from(depth.approximate).ok();
@@ -109,8 +117,7 @@ pub async fn queues(
             Err(e) => status.probe_error = Some(e.to_string()),
         }
         // NB: a missing or unreadable poison queue is reported as unknown, nothing more.
-        let poison = cqrs_storage::queues::poison_queue_name(&queue.name);
-        status.poison_message_count = match probe.queue_depth(&poison).await {
+        status.poison_message_count = match poisoned {
             Ok(depth) => i64::try_from(depth.approximate).ok(),
             Err(e) => {
                 tracing::debug!(queue = %poison, "cannot count the poison queue: {e}");
@@ -118,9 +125,9 @@ pub async fn queues(
             }
         };
         status.last_probe_time = Some(to_time(at));
-        out.push(status);
-    }
-    out
+        status
+    }))
+    .await
 }
 
 /// `WorkersReady`: scaling, or held with the problems.

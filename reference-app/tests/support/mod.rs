@@ -162,7 +162,7 @@ impl App {
             }),
         };
         let plan = storage_plan(&unique_name("owner"), "pieshop", &spec);
-        account.provision(&plan).await.unwrap();
+        account.provision(&plan, &Default::default()).await.unwrap();
         let mut extra_env = BTreeMap::from([
             (
                 "REGISTRATION_QUEUE".to_string(),

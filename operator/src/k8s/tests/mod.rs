@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use cqrs_storage::queues::Ensured;
-use cqrs_storage::{BlobCorsRule, Provisioner, QueueDepth, QueueProbe};
+use cqrs_storage::{CorsRule, Provisioner, QueueDepth, QueueProbe};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
 use kube::runtime::controller::Action;
@@ -38,6 +38,8 @@ struct FakeStorage {
     depth: AtomicU64,
     /// Messages in every poison queue.
     poison_depth: AtomicU64,
+    /// The account's blob-service CORS rules.
+    cors: Mutex<Vec<CorsRule>>,
 }
 
 impl FakeStorage {
@@ -66,17 +68,18 @@ impl Provisioner for FakeProvisioner {
             .push(format!("ensure container {name}"));
         Ok(Ensured::Existed)
     }
-    async fn ensure_blob_cors(
-        &self,
-        owner: &str,
-        rules: &[BlobCorsRule],
-    ) -> Result<bool, cqrs_storage::Error> {
+    async fn read_blob_cors(&self) -> Result<Vec<CorsRule>, cqrs_storage::Error> {
+        self.0.calls.lock().unwrap().push("cors read".into());
+        Ok(self.0.cors.lock().unwrap().clone())
+    }
+    async fn write_blob_cors(&self, rules: Vec<CorsRule>) -> Result<(), cqrs_storage::Error> {
         self.0
             .calls
             .lock()
             .unwrap()
-            .push(format!("cors {owner} {}", rules.len()));
-        Ok(false)
+            .push(format!("cors write {}", rules.len()));
+        *self.0.cors.lock().unwrap() = rules;
+        Ok(())
     }
     async fn delete_queue(&self, name: &str) -> Result<bool, cqrs_storage::Error> {
         self.0
@@ -230,6 +233,37 @@ fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
 }
 
 #[tokio::test]
+async fn a_new_app_with_filled_caches_reads_no_deployment_and_lists_only_configmaps() {
+    use kube::runtime::{reflector, watcher};
+    let mut s = scenario();
+    let (deployments, mut deployment_writer) = reflector::store::<Deployment>();
+    let (services, mut service_writer) = reflector::store::<Service>();
+    // The watches' first lists are in, and hold none of this app's children.
+    deployment_writer.apply_watcher_event(&watcher::Event::Init);
+    deployment_writer.apply_watcher_event(&watcher::Event::InitDone);
+    service_writer.apply_watcher_event(&watcher::Event::Init);
+    service_writer.apply_watcher_event(&watcher::Event::InitDone);
+    let ctx = Arc::try_unwrap(s.ctx)
+        .unwrap()
+        .with_stores(deployments, services);
+    s.ctx = Arc::new(ctx);
+    s.reconcile(stored_app()).await.unwrap();
+    let reads: Vec<String> = s
+        .lines()
+        .into_iter()
+        .filter(|l| l.starts_with("GET") && !l.contains("/secrets/"))
+        .collect();
+    assert_eq!(
+        reads,
+        ["GET /api/v1/namespaces/shop/configmaps".to_string()],
+        "the caches answer for Deployments and Services"
+    );
+    // Its Deployments were created with their replicas handed to the scaler all the same.
+    let registrar = s.object("/apis/apps/v1/namespaces/shop/deployments/pieshop-registrar");
+    assert!(registrar.pointer("/spec/replicas").is_some(), "{registrar}");
+}
+
+#[tokio::test]
 async fn a_resync_of_an_unchanged_app_applies_and_lists_nothing() {
     use kube::runtime::{reflector, watcher};
     let mut s = scenario();
@@ -278,10 +312,7 @@ async fn creates_children_owned_by_the_app_with_the_environment_contract() {
             "PATCH /api/v1/namespaces/shop/serviceaccounts/pieshop",
             "GET /apis/apps/v1/namespaces/shop/deployments/pieshop-registrar",
             "PATCH /apis/apps/v1/namespaces/shop/deployments/pieshop-registrar",
-            // the scaler takes spec.replicas of the new Deployment over
-            "PATCH /apis/apps/v1/namespaces/shop/deployments/pieshop-registrar",
             "GET /apis/apps/v1/namespaces/shop/deployments/pieshop-stocker",
-            "PATCH /apis/apps/v1/namespaces/shop/deployments/pieshop-stocker",
             "PATCH /apis/apps/v1/namespaces/shop/deployments/pieshop-stocker",
             "PATCH /apis/apps/v1/namespaces/shop/deployments/pieshop-web",
             "PATCH /api/v1/namespaces/shop/services/pieshop-web",
@@ -291,18 +322,13 @@ async fn creates_children_owned_by_the_app_with_the_environment_contract() {
             "PATCH /apis/cqrs.dev/v1alpha1/namespaces/shop/cqrsapps/pieshop/status",
         ]
     );
-    let claims: Vec<_> = s
-        .api
-        .calls()
-        .into_iter()
-        .filter(|c| c.query.contains("fieldManager=cqrs-operator-scaler"))
-        .collect();
-    assert_eq!(claims.len(), 2, "one hand-over per new worker Deployment");
-    for claim in &claims {
-        assert!(claim.query.contains("force=true"), "{}", claim.query);
-        let body = claim.body.as_ref().unwrap();
-        assert_eq!(body["spec"], json!({"replicas": 0}), "only spec.replicas");
-    }
+    assert!(
+        !s.api
+            .calls()
+            .iter()
+            .any(|c| c.query.contains("fieldManager=cqrs-operator-scaler")),
+        "a new Deployment keeps its replicas with the reconciler until it is applied again"
+    );
     for call in s
         .api
         .calls()
@@ -368,7 +394,8 @@ async fn creates_children_owned_by_the_app_with_the_environment_contract() {
             "ensure container results",
             "ensure container readmodels",
             "ensure container pieshop-claims",
-            "cors shop-pieshop 1",
+            "cors read",
+            "cors write 1",
         ]
     );
     let events = s.api.events();
@@ -392,6 +419,71 @@ async fn creates_children_owned_by_the_app_with_the_environment_contract() {
     assert_eq!(status["queues"][0]["approximateMessageCount"], 7);
     assert_eq!(status["totalQueueDepth"], 14);
     assert_eq!(status["workers"].as_array().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn an_edit_before_the_first_scale_hands_replicas_to_the_scaler_before_applying() {
+    let s = scenario();
+    s.reconcile(stored_app()).await.unwrap();
+    let before = s.api.calls().len();
+    let mut edited = stored_app();
+    edited.metadata.generation = Some(2);
+    edited.spec.workers[0]
+        .env
+        .push(k8s_openapi::api::core::v1::EnvVar {
+            name: "GREETING".into(),
+            value: Some("hello".into()),
+            ..Default::default()
+        });
+    s.reconcile(edited).await.unwrap();
+    let registrar = "/apis/apps/v1/namespaces/shop/deployments/pieshop-registrar";
+    let writes: Vec<(String, bool)> = s.api.calls()[before..]
+        .iter()
+        .filter(|c| c.method == "PATCH" && c.path == registrar)
+        .map(|c| {
+            let claim = c.query.contains("fieldManager=cqrs-operator-scaler");
+            if claim {
+                assert!(c.query.contains("force=true"), "{}", c.query);
+                assert_eq!(
+                    c.body.as_ref().unwrap()["spec"],
+                    json!({"replicas": 0}),
+                    "only spec.replicas, as it is"
+                );
+            }
+            (c.line(), claim)
+        })
+        .collect();
+    assert_eq!(
+        writes.iter().map(|(_, claim)| *claim).collect::<Vec<_>>(),
+        [true, false],
+        "the hand-over, then the apply: {writes:?}"
+    );
+    let deployment = s.object(registrar);
+    assert_eq!(deployment["spec"]["replicas"], 0, "replicas kept");
+    assert_eq!(env_value(&deployment, "GREETING").as_deref(), Some("hello"));
+}
+
+#[tokio::test]
+async fn a_pass_on_a_cached_app_older_than_its_status_write_does_not_write_it_again() {
+    let s = scenario();
+    s.reconcile(stored_app()).await.unwrap();
+    // The cache still holds the app as it was before the status write.
+    s.reconcile(stored_app()).await.unwrap();
+    let writes = s
+        .lines()
+        .iter()
+        .filter(|l| l.ends_with("/pieshop/status"))
+        .count();
+    assert_eq!(writes, 1);
+    // A status that did change is written.
+    s.storage.depth.store(5, Ordering::SeqCst);
+    s.reconcile(stored_app()).await.unwrap();
+    let writes = s
+        .lines()
+        .iter()
+        .filter(|l| l.ends_with("/pieshop/status"))
+        .count();
+    assert_eq!(writes, 2);
 }
 
 #[tokio::test]
@@ -530,6 +622,8 @@ fn deleted(policy: DeletionPolicy) -> CqrsApp {
 #[tokio::test]
 async fn deleting_with_delete_removes_queues_poison_queues_and_containers() {
     let s = scenario();
+    s.reconcile(stored_app()).await.unwrap();
+    s.storage.calls.lock().unwrap().clear();
     s.reconcile(deleted(DeletionPolicy::Delete)).await.unwrap();
     assert_eq!(
         s.storage.calls(),
@@ -541,7 +635,9 @@ async fn deleting_with_delete_removes_queues_poison_queues_and_containers() {
             "delete container results",
             "delete container readmodels",
             "delete container pieshop-claims",
-            "cors shop-pieshop 0",
+            // its rule goes, read first so others' rules stay
+            "cors read",
+            "cors write 0",
         ]
     );
     assert_eq!(s.object(APP_PATH)["metadata"]["finalizers"], json!([]));
@@ -683,4 +779,32 @@ async fn the_redrive_annotation_moves_the_messages_once_and_is_removed() {
         "{:?}",
         s.api.events()
     );
+}
+
+#[tokio::test]
+async fn apps_sharing_a_secret_read_its_data_once_while_it_is_unchanged() {
+    let (client, api) = FakeApi::start();
+    let text = k8s_openapi::ByteString(b"UseDevelopmentStorage=true".to_vec());
+    let path = "/api/v1/namespaces/shop/secrets/pieshop-storage";
+    let secret = |version: &str| {
+        json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": { "name": "pieshop-storage", "namespace": "shop", "resourceVersion": version },
+            "data": { "connectionString": text },
+        })
+    };
+    api.put(path, secret("7"));
+    let storage = super::storage::ClusterStorage::new(client, None);
+    let app = app();
+    for _ in 0..3 {
+        assert_eq!(storage.revision(&app).await.as_deref(), Some("7"));
+        storage.connect(&app).await.unwrap();
+    }
+    let reads = || {
+        api.call_lines()
+            .iter()
+            .filter(|l| *l == &format!("GET {path}"))
+            .count()
+    };
+    assert_eq!(reads(), 2, "its resourceVersion once (30 s), its data once");
 }
