@@ -26,7 +26,7 @@ use serde_json::{Value, json};
 use super::procs::{self, Keda, Proc};
 use super::proxy::CountingProxy;
 use super::sides::{Objects, Replicas, STORAGE_SECRET, apply};
-use super::{PeersArgs, api_service_available, point_the_api_service_at};
+use super::{MetricsApiService, PeersArgs, api_service_available, point_the_api_service_at};
 use crate::arg;
 use crate::common::{enqueue, median, percentile};
 
@@ -48,6 +48,9 @@ pub struct FleetArgs {
     peers: PeersArgs,
     apps: Vec<usize>,
     workers: usize,
+    /// Each N's pollingInterval (`--polling`, default 5 s): a larger N can be run at a longer
+    /// interval so one storage emulator serves the same probe rate.
+    polling: Vec<u32>,
     /// The largest N KEDA is measured at (its side takes far longer to apply).
     keda_up_to: usize,
 }
@@ -74,18 +77,49 @@ impl FleetArgs {
             Some(Ok(n)) => n,
             Some(Err(_)) => bail!("--keda-up-to: expected the largest app count to run KEDA at"),
         };
+        let polling = polling_per_n(arg(args, "--polling").as_deref(), apps.len())?;
         Ok(Self {
             peers: PeersArgs::parse(args)?,
             apps,
             workers,
+            polling,
             keda_up_to,
         })
+    }
+
+    /// The pollingInterval of app count `n`.
+    fn polling(&self, n: usize) -> u32 {
+        let i = self.apps.iter().position(|&a| a == n).unwrap_or(0);
+        self.polling[i]
+    }
+}
+
+/// `--polling`: one interval (seconds, 1 to 300) for every N, or one per N of `--apps`.
+fn polling_per_n(given: Option<&str>, ns: usize) -> Result<Vec<u32>> {
+    let Some(given) = given else {
+        return Ok(vec![POLLING; ns]);
+    };
+    let each = given
+        .split(',')
+        .map(|p| match p.trim().parse::<u32>() {
+            Ok(p) if (1..=300).contains(&p) => Ok(p),
+            _ => bail!("--polling {given}: expected seconds from 1 to 300, comma separated"),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    match each.len() {
+        1 => Ok(vec![each[0]; ns]),
+        n if n == ns => Ok(each),
+        n => bail!(
+            "--polling {given}: {n} intervals for {ns} app counts; give one, or one per app count"
+        ),
     }
 }
 
 /// What one side did at one N.
 #[derive(Default, Debug)]
 struct Figures {
+    /// The roles' pollingInterval, seconds.
+    polling: u32,
     ready: Option<f64>,
     ready_count: usize,
     expected: usize,
@@ -126,6 +160,7 @@ struct Fleet<'a> {
     proxy: CountingProxy,
     proxied: String,
     work: std::path::PathBuf,
+    metrics_api: MetricsApiService,
 }
 
 pub async fn run(args: &[String]) -> Result<()> {
@@ -150,6 +185,7 @@ pub async fn run(args: &[String]) -> Result<()> {
         proxy,
         proxied: proxied.to_connection_string(),
         work: work.clone(),
+        metrics_api: MetricsApiService::take(&client).await?,
     };
     eprintln!("==> an idle minute with neither autoscaler (the baseline)");
     let before = apiserver_counts(&client).await?;
@@ -218,7 +254,8 @@ impl Fleet<'_> {
                     "tolerations": tolerations,
                     "scaling": {
                         "minReplicas": 0, "maxReplicas": MAX, "targetQueueLength": TARGET,
-                        "activationQueueLength": 0, "pollingInterval": POLLING,
+                        "activationQueueLength": 0,
+                        "pollingInterval": self.args.polling(n),
                         "cooldownPeriod": COOLDOWN,
                     },
                 })
@@ -240,7 +277,7 @@ impl Fleet<'_> {
         })
     }
 
-    fn keda_objects(n: usize, i: usize, w: usize) -> [Value; 2] {
+    fn keda_objects(n: usize, i: usize, w: usize, polling: u32) -> [Value; 2] {
         let name = format!("k-{i}-w{w}");
         let labels = json!({ "app": name });
         let (selector, tolerations) = Self::placement();
@@ -265,7 +302,7 @@ impl Fleet<'_> {
                 "metadata": { "name": name },
                 "spec": {
                     "scaleTargetRef": { "name": name },
-                    "pollingInterval": POLLING,
+                    "pollingInterval": polling,
                     "cooldownPeriod": COOLDOWN,
                     "minReplicaCount": 0,
                     "maxReplicaCount": MAX,
@@ -311,6 +348,7 @@ impl Fleet<'_> {
         let objects = self.objects(&ns).await?;
         let mut op = procs::cqrs_operator(&self.args.peers, &ns, &self.work).await?;
         let mut f = Figures {
+            polling: self.args.polling(n),
             expected: n,
             ..Figures::default()
         };
@@ -392,6 +430,7 @@ impl Fleet<'_> {
     /// KEDA with `n`×K ScaledObjects on the queues cqrs-operator's apps had.
     async fn keda(&self, n: usize, baseline: &Counts) -> Result<Figures> {
         let k = self.args.workers;
+        let polling = self.args.polling(n);
         eprintln!("==> KEDA: {} ScaledObjects ({n} × {k})", n * k);
         let ns = format!("fleet-k-{n}");
         let objects = self.objects(&ns).await?;
@@ -404,11 +443,13 @@ impl Fleet<'_> {
             .buffer_unordered(APPLY_CONCURRENCY)
             .try_collect::<Vec<()>>()
             .await?;
+        self.metrics_api.register().await?;
         let mut keda = Keda::start(&self.args.peers, &self.client, &self.work).await?;
         if let Err(why) = api_service_available(&self.client, Duration::from_secs(120)).await {
             eprintln!("    external.metrics.k8s.io is NOT available ({why})");
         }
         let mut f = Figures {
+            polling: self.args.polling(n),
             expected: n * k,
             ..Figures::default()
         };
@@ -425,7 +466,7 @@ impl Fleet<'_> {
         let ready = ReadySet::watch(scaled);
         let started = Instant::now();
         let all: Vec<Value> = (0..n)
-            .flat_map(|i| (0..k).flat_map(move |w| Self::keda_objects(n, i, w)))
+            .flat_map(|i| (0..k).flat_map(move |w| Self::keda_objects(n, i, w, polling)))
             .collect();
         self.apply_all(&ns, all).await?;
         f.ready_count = ready.wait(n * k, started, &mut f.note).await;
@@ -443,6 +484,7 @@ impl Fleet<'_> {
         f.throttled = apiserver_counts(&self.client).await?.1 - throttled0;
         keda.check_alive()?;
         keda.stop().await;
+        self.metrics_api.unregister().await?;
         self.remove(&ns, Some("keda.sh/v1alpha1/ScaledObject"))
             .await?;
         Ok(f)
@@ -538,8 +580,17 @@ impl Fleet<'_> {
         f.ten = replicas
             .first(deployment, since, Duration::from_secs(120), |r| r >= MAX)
             .await;
-        client.clear(None).await.context("cannot empty the queue")?;
-        Ok(())
+        // NB: Azurite, serving thousands of probes, has let a call wait past its 30 s once;
+        // the next side's backlog needs this queue empty, so the clear is tried again.
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match client.clear(None).await {
+                Ok(_) => return Ok(()),
+                Err(e) if tries < 4 => eprintln!("    emptying {queue} failed ({e}); again"),
+                Err(e) => return Err(e).context("cannot empty the queue"),
+            }
+        }
     }
 
     /// Deletes namespace `ns`, first taking the finalizers off `finalized` objects
@@ -578,19 +629,13 @@ impl Fleet<'_> {
         }
         let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(self.client.clone());
         namespaces.delete(ns, &Default::default()).await?;
-        // NB: not until the namespace is gone: its deletion waits for every API group's
-        // discovery, and external.metrics.k8s.io is unavailable while KEDA's adapter is down.
-        let deployments: Api<Deployment> = Api::namespaced(self.client.clone(), ns);
+        // NB: until the namespace is gone (KEDA's APIService is away by now, so API
+        // discovery does not hold its deletion up), so the next phase's counts are its own.
         wait_slowly(
-            &format!("the Deployments of namespace {ns} to be deleted"),
+            &format!("namespace {ns} to be deleted"),
             Duration::from_secs(600),
             Duration::from_secs(1),
-            || async {
-                deployments
-                    .list_metadata(&kube::api::ListParams::default().limit(1))
-                    .await
-                    .is_ok_and(|l| l.items.is_empty())
-            },
+            || async { namespaces.get_opt(ns).await.is_ok_and(|n| n.is_none()) },
         )
         .await;
         Ok(())
@@ -826,7 +871,7 @@ fn report(args: &FleetArgs, results: &[(usize, Figures, Option<Figures>)]) -> St
     let mut s = format!(
         "Measured {date} on {}, on the local control plane (Kubernetes {}, kwok nodes, HPA \
          controller at its default 15 s sync) with one Azurite; release builds. Each app has {} \
-         worker roles (no web role), pollingInterval {POLLING} s, min 0, max {MAX}, \
+         worker roles (no web role), min 0, max {MAX}, \
          {TARGET} messages per replica; KEDA gets one ScaledObject per role on the same queue. \
          The sides run one after the other on the same cluster. API requests per idle minute \
          are the API server's own `apiserver_request_total` (watches left out) less an idle \
@@ -849,7 +894,8 @@ fn report(args: &FleetArgs, results: &[(usize, Figures, Option<Figures>)]) -> St
     }
     s.push('\n');
     type Cell = fn(&Figures, bool) -> String;
-    let rows: [(&str, Cell); 13] = [
+    let rows: [(&str, Cell); 14] = [
+        ("pollingInterval", |f, _| format!("{} s", f.polling)),
         ("All Ready after the apply", |f, _| match f.ready {
             Some(r) => format!("{r:.1} s"),
             None => f
@@ -916,6 +962,17 @@ fn report(args: &FleetArgs, results: &[(usize, Figures, Option<Figures>)]) -> St
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn polling_is_one_interval_for_all_or_one_per_app_count() {
+        assert_eq!(polling_per_n(None, 3).unwrap(), vec![POLLING; 3]);
+        assert_eq!(polling_per_n(Some("25"), 2).unwrap(), vec![25, 25]);
+        assert_eq!(polling_per_n(Some("5,5,25"), 3).unwrap(), vec![5, 5, 25]);
+        let err = polling_per_n(Some("5,25"), 3).unwrap_err().to_string();
+        assert!(err.contains("2 intervals for 3 app counts"), "{err}");
+        assert!(polling_per_n(Some("0"), 1).is_err());
+        assert!(polling_per_n(Some("five"), 1).is_err());
+    }
 
     #[test]
     fn lateness_quantiles_come_from_the_bucket_deltas() {

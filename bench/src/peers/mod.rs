@@ -158,6 +158,61 @@ pub(super) async fn point_the_api_service_at(client: &kube::Client, ip: &str) ->
     .await
 }
 
+/// The APIService KEDA's metrics adapter serves.
+const METRICS_API_SERVICE: &str = "v1beta1.external.metrics.k8s.io";
+
+/// KEDA's APIService, registered only while its adapter runs (`bench scale`): an APIService
+/// whose backend is down fails API discovery, and a namespace being deleted then stays
+/// Terminating while kube-controller-manager retries, which the next phase's request counts
+/// would show.
+pub(super) struct MetricsApiService {
+    api: Api<APIService>,
+    registered: APIService,
+}
+
+impl MetricsApiService {
+    /// Takes the APIService `cargo xtask` registered away, keeping it to register again.
+    pub(super) async fn take(client: &kube::Client) -> Result<Self> {
+        let api: Api<APIService> = Api::all(client.clone());
+        let mut registered = api
+            .get(METRICS_API_SERVICE)
+            .await
+            .with_context(|| format!("cannot read APIService {METRICS_API_SERVICE}"))?;
+        registered.status = None;
+        registered.metadata = kube::api::ObjectMeta {
+            name: registered.metadata.name,
+            labels: registered.metadata.labels,
+            annotations: registered.metadata.annotations,
+            ..Default::default()
+        };
+        let taken = Self { api, registered };
+        taken.unregister().await?;
+        Ok(taken)
+    }
+
+    /// Registers it (before the adapter starts).
+    pub(super) async fn register(&self) -> Result<()> {
+        match self.api.create(&Default::default(), &self.registered).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("cannot register {METRICS_API_SERVICE}")),
+        }
+    }
+
+    /// Takes it away (once the adapter stopped).
+    pub(super) async fn unregister(&self) -> Result<()> {
+        match self
+            .api
+            .delete(METRICS_API_SERVICE, &Default::default())
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("cannot remove {METRICS_API_SERVICE}")),
+        }
+    }
+}
+
 /// Waits until the APIService is Available; the condition's message when it does not get
 /// there within `limit`.
 pub(super) async fn api_service_available(
@@ -168,7 +223,7 @@ pub(super) async fn api_service_available(
     let deadline = Instant::now() + limit;
     let mut last = String::from("the APIService was never read");
     while Instant::now() < deadline {
-        if let Ok(service) = api.get("v1beta1.external.metrics.k8s.io").await {
+        if let Ok(service) = api.get(METRICS_API_SERVICE).await {
             let available = service
                 .status
                 .and_then(|s| s.conditions)

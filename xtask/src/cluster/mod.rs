@@ -417,7 +417,8 @@ impl Cluster {
         text
     }
 
-    /// kwokctl's patch of the apiserver's flags for [`Cluster::fresh_with_aggregation`].
+    /// kwokctl's patch of the apiserver's and kube-controller-manager's flags for
+    /// [`Cluster::fresh_with_aggregation`].
     fn aggregation_patch(&self) -> String {
         let Some(address) = &self.aggregation else {
             return String::new();
@@ -434,9 +435,23 @@ impl Cluster {
                 "X-Remote-Extra-".to_owned(),
             ),
         ];
-        let mut patch = String::from("componentsPatches:\n- name: kube-apiserver\n  extraArgs:\n");
-        for (key, value) in args {
-            patch.push_str(&format!("  - key: {key}\n    value: \"{value}\"\n"));
+        // NB: kube-controller-manager's client limit (20 requests a second, bursts of 30, by
+        // default) paces thousands of new Deployments' ReplicaSets, their status updates and
+        // Events over minutes, and the HPA controller shares it; the benchmarks' thousands of
+        // roles get a limit a large cluster would set instead.
+        let kcm = [
+            ("kube-api-qps", "200".to_owned()),
+            ("kube-api-burst", "400".to_owned()),
+        ];
+        let mut patch = String::from("componentsPatches:\n");
+        for (component, args) in [
+            ("kube-apiserver", &args[..]),
+            ("kube-controller-manager", &kcm[..]),
+        ] {
+            patch.push_str(&format!("- name: {component}\n  extraArgs:\n"));
+            for (key, value) in args {
+                patch.push_str(&format!("  - key: {key}\n    value: \"{value}\"\n"));
+            }
         }
         patch
     }
