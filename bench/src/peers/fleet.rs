@@ -144,6 +144,8 @@ struct Figures {
     /// etcd and kube-apiserver resident memory after the idle minute, MiB.
     control_plane_rss: (f64, f64),
     note: Option<String>,
+    /// How the autoscaler ended when it exited during the phase.
+    crashed: Option<String>,
 }
 
 impl Figures {
@@ -423,7 +425,7 @@ impl Fleet<'_> {
         op.check_alive()?;
         op.save_metrics().await;
         op.stop().await;
-        self.remove(&ns, Some("cqrs.dev/v1alpha1/CqrsApp")).await?;
+        self.remove(&ns, &["cqrs.dev/v1alpha1/CqrsApp"]).await?;
         Ok(f)
     }
 
@@ -482,11 +484,24 @@ impl Fleet<'_> {
         self.backlog(&objects, "k-0-w0", &Self::queue(n, 0, 0), &mut f)
             .await?;
         f.throttled = apiserver_counts(&self.client).await?.1 - throttled0;
-        keda.check_alive()?;
+        // NB: a peer that crashes under the load is a finding, not the harness's failure: what
+        // was measured stays, with how it ended.
+        if let Err(e) = keda.check_alive() {
+            let crash = crash_summary(&format!("{e:#}"));
+            eprintln!("    KEDA exited during the phase: {crash}");
+            f.crashed = Some(crash);
+        }
         keda.stop().await;
         self.metrics_api.unregister().await?;
-        self.remove(&ns, Some("keda.sh/v1alpha1/ScaledObject"))
-            .await?;
+        // NB: KEDA puts its finalizer on the TriggerAuthentication too.
+        self.remove(
+            &ns,
+            &[
+                "keda.sh/v1alpha1/ScaledObject",
+                "keda.sh/v1alpha1/TriggerAuthentication",
+            ],
+        )
+        .await?;
         Ok(f)
     }
 
@@ -593,12 +608,12 @@ impl Fleet<'_> {
         }
     }
 
-    /// Deletes namespace `ns`, first taking the finalizers off `finalized` objects
-    /// (`group/version/Kind`) so no autoscaler is needed to let them go, and waits until its
-    /// Deployments are gone (up to 10 minutes), so their garbage collection does not load the
-    /// next phase.
-    async fn remove(&self, ns: &str, finalized: Option<&str>) -> Result<()> {
-        if let Some(gvk) = finalized {
+    /// Deletes namespace `ns`, first taking the finalizers off the objects of each kind of
+    /// `finalized` (`group/version/Kind`) so no autoscaler is needed to let them go, and waits
+    /// until it is gone (up to 10 minutes), so neither its garbage collection nor the namespace
+    /// controller's retries land in the next phase.
+    async fn remove(&self, ns: &str, finalized: &[&str]) -> Result<()> {
+        for gvk in finalized {
             let (gv, kind) = gvk.rsplit_once('/').context("group/version/Kind")?;
             let (group, version) = gv.rsplit_once('/').unwrap_or(("", gv));
             let api: Api<DynamicObject> = Api::namespaced_with(
@@ -956,12 +971,51 @@ fn report(args: &FleetArgs, results: &[(usize, Figures, Option<Figures>)]) -> St
         }
         s.push('\n');
     }
+    for (n, ours, keda) in results {
+        for (side, f) in [("cqrs-operator", Some(ours)), ("KEDA", keda.as_ref())] {
+            if let Some(crash) = f.and_then(|f| f.crashed.as_ref()) {
+                let _ = write!(s, "\n{side} at {n} apps exited during the phase: {crash}\n");
+            }
+        }
+    }
     s
+}
+
+/// The panic (or the first line) of a process's exit report, with where it happened.
+fn crash_summary(report: &str) -> String {
+    let mut lines = report.lines().map(str::trim);
+    let Some(panic) = report
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("panic:"))
+    else {
+        return lines.next().unwrap_or_default().to_owned();
+    };
+    let at = report
+        .lines()
+        .map(str::trim)
+        .skip_while(|l| !l.starts_with("panic:"))
+        .find(|l| l.contains(".go:"))
+        .map(|l| l.split(" +0x").next().unwrap_or(l));
+    match at {
+        Some(at) => format!("{panic} at {at}"),
+        None => panic.to_owned(),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_crash_is_summed_up_by_its_panic_and_where() {
+        let report = "keda-operator exited (exit status: 2); its log:\nINFO x\npanic: runtime error: nil pointer dereference\n[signal SIGSEGV]\n\ngoroutine 1 [running]:\ngithub.com/kedacore/keda/v2/pkg/scaling/resolver.GetCurrentReplicas(...)\n\tgithub.com/kedacore/keda/v2@v2.18.3/pkg/scaling/resolver/scale_resolvers.go:683 +0x93\n";
+        assert_eq!(
+            crash_summary(report),
+            "panic: runtime error: nil pointer dereference at github.com/kedacore/keda/v2@v2.18.3/pkg/scaling/resolver/scale_resolvers.go:683"
+        );
+        assert_eq!(crash_summary("it exited\nmore"), "it exited");
+    }
 
     #[test]
     fn polling_is_one_interval_for_all_or_one_per_app_count() {
