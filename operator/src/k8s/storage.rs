@@ -128,10 +128,6 @@ pub struct ClusterStorage {
     /// Each Secret's resourceVersion as last read, and when: the apps sharing one Secret read
     /// it once per [`REVISION_TTL`] between them.
     revisions: Mutex<HashMap<SecretKey, (Option<String>, std::time::Instant)>>,
-    /// The connection strings read from Secrets (by Secret and key), each with the
-    /// resourceVersion it was read at: apps sharing a Secret read its data once per change of
-    /// it, not once per provisioning.
-    texts: Mutex<HashMap<(SecretKey, String), (String, String)>>,
     credential: Mutex<Option<Arc<dyn azure_core::credentials::TokenCredential>>>,
 }
 
@@ -151,45 +147,8 @@ impl ClusterStorage {
             arm_endpoint,
             accounts: Mutex::default(),
             revisions: Mutex::default(),
-            texts: Mutex::default(),
             credential: Mutex::default(),
         }
-    }
-
-    /// The connection string of `secret_ref`: as last read when the Secret's resourceVersion,
-    /// read within [`REVISION_TTL`], is still the one it was read at; else read again.
-    async fn connection_string(
-        &self,
-        namespace: &str,
-        secret_ref: &SecretKeyRef,
-    ) -> Result<String, StorageProblem> {
-        let secret = (namespace.to_owned(), secret_ref.name.clone());
-        let key = (secret.clone(), secret_ref.key.clone());
-        let fresh = self
-            .revisions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&secret)
-            .and_then(|(revision, at)| (at.elapsed() < REVISION_TTL).then(|| revision.clone()))
-            .flatten();
-        if let Some(fresh) = fresh
-            && let Some((read_at, text)) = self
-                .texts
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(&key)
-            && *read_at == fresh
-        {
-            return Ok(text.clone());
-        }
-        let (text, revision) = read_connection_string(&self.client, namespace, secret_ref).await?;
-        if let Some(revision) = revision {
-            self.texts
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(key, (revision, text.clone()));
-        }
-        Ok(text)
     }
 
     async fn connect_secret(
@@ -197,7 +156,9 @@ impl ClusterStorage {
         namespace: &str,
         secret_ref: &SecretKeyRef,
     ) -> Result<Connected, StorageProblem> {
-        let text = self.connection_string(namespace, secret_ref).await?;
+        // NB: read at every connection, not cached with the Secret's resourceVersion: that is
+        // trusted for 30 s, and a cleanup must use the Secret as it is now.
+        let text = connection_string_from_secret(&self.client, namespace, secret_ref).await?;
         let account = self.account_for(&text, namespace, secret_ref)?;
         let shared: Arc<StorageAccount> = Arc::new(account.clone());
         Ok(Connected {
@@ -307,17 +268,6 @@ pub async fn connection_string_from_secret(
     namespace: &str,
     secret_ref: &SecretKeyRef,
 ) -> Result<String, StorageProblem> {
-    read_connection_string(client, namespace, secret_ref)
-        .await
-        .map(|(text, _)| text)
-}
-
-/// The same with the Secret's resourceVersion.
-async fn read_connection_string(
-    client: &Client,
-    namespace: &str,
-    secret_ref: &SecretKeyRef,
-) -> Result<(String, Option<String>), StorageProblem> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let secret = match secrets.get_opt(&secret_ref.name).await {
         Ok(Some(secret)) => secret,
@@ -360,7 +310,7 @@ async fn read_connection_string(
             ),
         )
     })?;
-    Ok((text.trim().to_string(), secret.metadata.resource_version))
+    Ok(text.trim().to_string())
 }
 
 #[async_trait]

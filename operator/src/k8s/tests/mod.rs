@@ -780,31 +780,3 @@ async fn the_redrive_annotation_moves_the_messages_once_and_is_removed() {
         s.api.events()
     );
 }
-
-#[tokio::test]
-async fn apps_sharing_a_secret_read_its_data_once_while_it_is_unchanged() {
-    let (client, api) = FakeApi::start();
-    let text = k8s_openapi::ByteString(b"UseDevelopmentStorage=true".to_vec());
-    let path = "/api/v1/namespaces/shop/secrets/pieshop-storage";
-    let secret = |version: &str| {
-        json!({
-            "apiVersion": "v1", "kind": "Secret",
-            "metadata": { "name": "pieshop-storage", "namespace": "shop", "resourceVersion": version },
-            "data": { "connectionString": text },
-        })
-    };
-    api.put(path, secret("7"));
-    let storage = super::storage::ClusterStorage::new(client, None);
-    let app = app();
-    for _ in 0..3 {
-        assert_eq!(storage.revision(&app).await.as_deref(), Some("7"));
-        storage.connect(&app).await.unwrap();
-    }
-    let reads = || {
-        api.call_lines()
-            .iter()
-            .filter(|l| *l == &format!("GET {path}"))
-            .count()
-    };
-    assert_eq!(reads(), 2, "its resourceVersion once (30 s), its data once");
-}
