@@ -401,20 +401,10 @@ impl Cluster {
                 "kwok.x-k8s.io/node=fake".to_owned(),
             ),
         ];
-        let mut text = format!(
-            "  kubeApiserverCertSANs:\n  - \"{ip}\"\n  - \"{}\"\ncomponentsPatches:\n",
+        format!(
+            "  kubeApiserverCertSANs:\n  - \"{ip}\"\n  - \"{}\"\n",
             node::netns::KUBERNETES_SERVICE_IP
-        );
-        for (component, args) in [
-            ("kube-apiserver", &apiserver[..]),
-            ("kwok-controller", &kwok[..]),
-        ] {
-            text.push_str(&format!("- name: {component}\n  extraArgs:\n"));
-            for (key, value) in args {
-                text.push_str(&format!("  - key: {key}\n    value: \"{value}\"\n"));
-            }
-        }
-        text
+        ) + &components_patches(&[("kube-apiserver", &apiserver), ("kwok-controller", &kwok)])
     }
 
     /// kwokctl's patch of the apiserver's and kube-controller-manager's flags for
@@ -443,17 +433,7 @@ impl Cluster {
             ("kube-api-qps", "200".to_owned()),
             ("kube-api-burst", "400".to_owned()),
         ];
-        let mut patch = String::from("componentsPatches:\n");
-        for (component, args) in [
-            ("kube-apiserver", &args[..]),
-            ("kube-controller-manager", &kcm[..]),
-        ] {
-            patch.push_str(&format!("- name: {component}\n  extraArgs:\n"));
-            for (key, value) in args {
-                patch.push_str(&format!("  - key: {key}\n    value: \"{value}\"\n"));
-            }
-        }
-        patch
+        components_patches(&[("kube-apiserver", &args), ("kube-controller-manager", &kcm)])
     }
 
     fn readyz(&self) -> bool {
@@ -652,4 +632,16 @@ impl Drop for TestCluster {
         }
         self.0.down_quietly();
     }
+}
+
+/// kwokctl's `componentsPatches`: extra flags per component.
+fn components_patches(components: &[(&str, &[(&str, String)])]) -> String {
+    let mut text = String::from("componentsPatches:\n");
+    for (component, args) in components {
+        text.push_str(&format!("- name: {component}\n  extraArgs:\n"));
+        for (key, value) in *args {
+            text.push_str(&format!("  - key: {key}\n    value: \"{value}\"\n"));
+        }
+    }
+    text
 }

@@ -466,24 +466,20 @@ async fn an_edit_before_the_first_scale_hands_replicas_to_the_scaler_before_appl
 #[tokio::test]
 async fn a_pass_on_a_cached_app_older_than_its_status_write_does_not_write_it_again() {
     let s = scenario();
+    let writes = || {
+        s.lines()
+            .iter()
+            .filter(|l| l.ends_with("/pieshop/status"))
+            .count()
+    };
     s.reconcile(stored_app()).await.unwrap();
     // The cache still holds the app as it was before the status write.
     s.reconcile(stored_app()).await.unwrap();
-    let writes = s
-        .lines()
-        .iter()
-        .filter(|l| l.ends_with("/pieshop/status"))
-        .count();
-    assert_eq!(writes, 1);
+    assert_eq!(writes(), 1);
     // A status that did change is written.
     s.storage.depth.store(5, Ordering::SeqCst);
     s.reconcile(stored_app()).await.unwrap();
-    let writes = s
-        .lines()
-        .iter()
-        .filter(|l| l.ends_with("/pieshop/status"))
-        .count();
-    assert_eq!(writes, 2);
+    assert_eq!(writes(), 2);
 }
 
 #[tokio::test]
