@@ -983,22 +983,15 @@ fn report(args: &FleetArgs, results: &[(usize, Figures, Option<Figures>)]) -> St
 
 /// The panic (or the first line) of a process's exit report, with where it happened.
 fn crash_summary(report: &str) -> String {
-    let mut lines = report.lines().map(str::trim);
-    let Some(panic) = report
+    let mut from_panic = report
         .lines()
         .map(str::trim)
-        .find(|l| l.starts_with("panic:"))
-    else {
-        return lines.next().unwrap_or_default().to_owned();
+        .skip_while(|l| !l.starts_with("panic:"));
+    let Some(panic) = from_panic.next() else {
+        return report.lines().next().unwrap_or_default().trim().to_owned();
     };
-    let at = report
-        .lines()
-        .map(str::trim)
-        .skip_while(|l| !l.starts_with("panic:"))
-        .find(|l| l.contains(".go:"))
-        .map(|l| l.split(" +0x").next().unwrap_or(l));
-    match at {
-        Some(at) => format!("{panic} at {at}"),
+    match from_panic.find(|l| l.contains(".go:")) {
+        Some(at) => format!("{panic} at {}", at.split(" +0x").next().unwrap_or(at)),
         None => panic.to_owned(),
     }
 }

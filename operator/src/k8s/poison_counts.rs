@@ -12,6 +12,17 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use cqrs_storage::{QueueDepth, QueueProbe};
 
+use crate::crd::CqrsApp;
+
+/// The poison queues of `app`'s queues.
+pub fn poison_queues(app: &CqrsApp) -> BTreeSet<String> {
+    app.spec
+        .queues
+        .iter()
+        .map(|q| cqrs_storage::queues::poison_queue_name(&q.name))
+        .collect()
+}
+
 /// How long a poison queue's depth is shown without reading it again.
 pub const POISON_FRESH: Duration = Duration::from_secs(30);
 
@@ -36,7 +47,7 @@ impl PoisonCounts {
         }
     }
 
-    /// Forgets the readings of `queues` of `account` (their app is gone).
+    /// Forgets the readings of `queues` of `account` (after a redrive changed them).
     pub fn forget(&self, account: &str, queues: impl IntoIterator<Item = String>) {
         let mut counts = self.0.lock().unwrap_or_else(|p| p.into_inner());
         for queue in queues {

@@ -233,15 +233,11 @@ async fn compute_status(
         })
         .collect();
     let workers = status::workers(views);
-    let poison = app
-        .spec
-        .queues
-        .iter()
-        .map(|q| cqrs_storage::queues::poison_queue_name(&q.name))
-        .collect();
-    let probe = ctx
-        .poison_counts
-        .probe(&connected.probe_id, poison, connected.probe.as_ref());
+    let probe = ctx.poison_counts.probe(
+        &connected.probe_id,
+        super::poison_counts::poison_queues(app),
+        connected.probe.as_ref(),
+    );
     let queues = status::queues(&app.spec.queues, &workers.depths, &probe).await;
     let storage = Check::ok(
         condition::STORAGE_READY,

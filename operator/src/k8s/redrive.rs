@@ -85,10 +85,7 @@ pub(super) async fn handle(
     // NB: the status that follows shows the poison queues as they are now.
     ctx.poison_counts.forget(
         &connected.probe_id,
-        app.spec
-            .queues
-            .iter()
-            .map(|q| cqrs_storage::queues::poison_queue_name(&q.name)),
+        super::poison_counts::poison_queues(app),
     );
     // NB: removed whatever the outcome, so the request runs once; annotate again to retry.
     let api: Api<CqrsApp> =
