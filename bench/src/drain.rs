@@ -155,14 +155,18 @@ async fn raw_registration_rate(bench: &Bench, n: usize) -> Result<f64> {
 
 /// One worker replica draining `n` prefilled messages of `kind`.
 pub async fn worker_rate(bench: &Bench, kind: Kind, n: usize) -> Result<f64> {
-    let names = bench.provisioned().await?;
-    prefill(bench, &names, kind, n).await?;
+    worker_rate_on(bench, &bench.provisioned().await?, kind, n).await
+}
+
+/// [`worker_rate`] on storage already provisioned (and perhaps holding a read model).
+pub async fn worker_rate_on(bench: &Bench, names: &Names, kind: Kind, n: usize) -> Result<f64> {
+    prefill(bench, names, kind, n).await?;
     let (registrar, stocker, role) = match kind {
         Kind::Registration => (fixed(1), fixed(0), "registrar"),
         Kind::Inventory => (fixed(0), fixed(1), "stocker"),
     };
-    let queue = kind.queue(&names);
-    let runtime = Runtime::start(bench, &names, &registrar, &stocker).await?;
+    let queue = kind.queue(names);
+    let runtime = Runtime::start(bench, names, &registrar, &stocker).await?;
     let port = runtime.worker_port(role).await?;
     let http = reqwest::Client::new();
     let started = Instant::now();

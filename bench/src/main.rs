@@ -9,6 +9,7 @@ mod load;
 mod memory;
 mod peers;
 mod scale;
+mod shop;
 mod stocktake;
 
 use std::path::PathBuf;
@@ -41,9 +42,10 @@ pub(crate) fn machine() -> String {
 }
 
 /// The benchmarks, in the order they run.
-const NAMES: [&str; 7] = [
+const NAMES: [&str; 8] = [
     "drain",
     "stocktake",
+    "shop",
     "command",
     "query",
     "e2e",
@@ -156,6 +158,7 @@ async fn measure(name: &str, bench: &Bench) -> Result<Vec<Row>> {
     match name {
         "drain" => drain::run(bench).await,
         "stocktake" => stocktake::run(bench).await,
+        "shop" => shop::run(bench).await,
         "command" => http::command_path(bench).await,
         "query" => http::query_path(bench).await,
         "e2e" => e2e::run(bench).await,

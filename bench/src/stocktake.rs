@@ -41,7 +41,16 @@ async fn stocktake_rate(bench: &Bench, n: usize) -> Result<f64> {
 }
 
 async fn apply(http: &reqwest::Client, web: &str, n: usize) -> Result<f64> {
-    let body = csv(n);
+    post_and_wait(http, web, csv(n), n).await
+}
+
+/// Posts a stock take of `n` good lines and waits until its result says applied; lines/s.
+pub async fn post_and_wait(
+    http: &reqwest::Client,
+    web: &str,
+    body: String,
+    n: usize,
+) -> Result<f64> {
     let started = Instant::now();
     let accepted: serde_json::Value = http
         .post(format!("{web}/api/inventory/stocktakes"))

@@ -2,6 +2,7 @@
 //! configured only by the operator's environment contract.
 
 mod config;
+mod inventory;
 mod messages;
 mod metrics;
 mod store;
@@ -109,6 +110,10 @@ async fn run_web(env: &Env) -> Result<(), String> {
     let inventory = Arc::new(InventoryCache::default());
     let refresher =
         inventory.spawn_refresher(config.account.clone(), config.readmodel_container.clone());
+    let carrier = tokio::spawn(inventory::legacy::follow(
+        config.account.clone(),
+        config.readmodel_container.clone(),
+    ));
     let listener = listener(config.port).await?;
     tracing::info!(port = config.port, "web role listening");
     let metrics = Arc::new(AppMetrics::default());
@@ -130,6 +135,7 @@ async fn run_web(env: &Env) -> Result<(), String> {
         .await
         .map_err(|e| format!("web server failed: {e}"))?;
     refresher.abort();
+    carrier.abort();
     Ok(())
 }
 
@@ -176,10 +182,16 @@ async fn run_worker(env: &Env) -> Result<(), String> {
             account.clone(),
             config.readmodel_container.clone(),
             config.results_container.clone(),
+            metrics.clone(),
         ));
         let worker =
             Worker::new(&account, worker_config, handler, metrics).map_err(|e| e.to_string())?;
+        let carrier = tokio::spawn(inventory::legacy::follow(
+            account.clone(),
+            config.readmodel_container.clone(),
+        ));
         Arc::new(worker).run(shutdown).await;
+        carrier.abort();
     } else {
         return Err(format!(
             "{}={queue:?} is neither the registration queue ({}) nor the inventory queue ({})",

@@ -45,6 +45,10 @@ pub struct AppMetrics {
     pub commands_in_flight: Gauge,
     /// Commands refused at once because too many were waiting on storage.
     pub commands_shed: Counter,
+    /// Inventory read-model partitions written.
+    pub readmodel_writes: Counter,
+    /// Partition writes that lost an ETag race to another writer and were re-applied.
+    pub readmodel_conflicts: Counter,
 }
 
 impl Default for AppMetrics {
@@ -60,6 +64,8 @@ impl Default for AppMetrics {
             responses: Family::default(),
             commands_in_flight: Gauge::default(),
             commands_shed: Counter::default(),
+            readmodel_writes: Counter::default(),
+            readmodel_conflicts: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -106,6 +112,16 @@ impl Default for AppMetrics {
             "commands_shed",
             "Commands answered 503 at once because WEB_MAX_IN_FLIGHT were waiting on storage",
             m.commands_shed.clone(),
+        );
+        registry.register(
+            "readmodel_writes",
+            "Inventory read-model partitions written",
+            m.readmodel_writes.clone(),
+        );
+        registry.register(
+            "readmodel_conflicts",
+            "Read-model partition writes that lost an ETag race and were re-applied",
+            m.readmodel_conflicts.clone(),
         );
         Self { registry, ..m }
     }

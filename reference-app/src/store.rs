@@ -3,7 +3,7 @@
 //! error.
 
 use azure_core::http::{Etag, RequestContent};
-use azure_storage_blob::models::BlockBlobClientUploadOptions;
+use azure_storage_blob::models::{BlobClientDownloadOptions, BlockBlobClientUploadOptions};
 use cqrs_storage::{SdkError, StorageAccount};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -47,6 +47,12 @@ pub enum StoreError {
         /// The parser's reason.
         reason: String,
     },
+    /// Other writers kept winning the race for the blob; the work is left for later.
+    #[error("blob {blob}: too many conflicting writes")]
+    Contended {
+        /// `container/name`.
+        blob: String,
+    },
 }
 
 impl StoreError {
@@ -56,22 +62,55 @@ impl StoreError {
     }
 }
 
+/// What a conditional read found.
+#[derive(Debug)]
+pub enum Read<T> {
+    /// No such blob.
+    Missing,
+    /// Still the ETag the reader knows.
+    Unchanged,
+    /// The content and its ETag.
+    Found(T, Option<Etag>),
+}
+
 /// Reads `container/name` as JSON: `None` when it does not exist.
 pub async fn read<T: DeserializeOwned>(
     account: &StorageAccount,
     container: &str,
     name: &str,
 ) -> Result<Option<(T, Option<Etag>)>, StoreError> {
+    Ok(
+        match read_if_changed(account, container, name, None).await? {
+            Read::Found(value, etag) => Some((value, etag)),
+            Read::Missing | Read::Unchanged => None,
+        },
+    )
+}
+
+/// Reads `container/name` as JSON unless its ETag is still `known` (`If-None-Match`).
+pub async fn read_if_changed<T: DeserializeOwned>(
+    account: &StorageAccount,
+    container: &str,
+    name: &str,
+    known: Option<&Etag>,
+) -> Result<Read<T>, StoreError> {
     let blob = format!("{container}/{name}");
-    let result = match account.blob(container, name).download(None).await {
+    let options = BlobClientDownloadOptions {
+        if_none_match: known.cloned(),
+        ..Default::default()
+    };
+    let result = match account.blob(container, name).download(Some(options)).await {
         Ok(result) => result,
-        Err(e) if e.http_status().map(u16::from) == Some(404) => return Ok(None),
-        Err(e) => {
-            return Err(StoreError::Storage {
-                blob,
-                source: SdkError(e),
-            });
-        }
+        Err(e) => match e.http_status().map(u16::from) {
+            Some(404) => return Ok(Read::Missing),
+            Some(304) => return Ok(Read::Unchanged),
+            _ => {
+                return Err(StoreError::Storage {
+                    blob,
+                    source: SdkError(e),
+                });
+            }
+        },
     };
     let etag = result.properties.etag.clone();
     let bytes = result
@@ -86,7 +125,7 @@ pub async fn read<T: DeserializeOwned>(
         blob,
         reason: e.to_string(),
     })?;
-    Ok(Some((value, etag)))
+    Ok(Read::Found(value, etag))
 }
 
 /// Writes `value` as JSON to `container/name` under `condition`.

@@ -102,3 +102,30 @@ async fn the_form_shows_the_token_and_the_dashboard_updates_live() {
         ],
     );
 }
+
+/// The dashboard of a shop of 100,000 items: totals, pages, searches and a live update.
+#[tokio::test]
+async fn the_dashboard_of_a_100_000_item_shop_pages_searches_and_updates_live() {
+    tools();
+    let mut app = App::start_on(TestAzurite::private().await, Options::default()).await;
+    app.start_worker("stocker", &[]).await;
+    let (csv, _) = support::big_stocktake();
+    let result =
+        support::wait_for_stocktake(&support::upload_stocktake(&app, &csv, "big").await).await;
+    assert_eq!(result["status"], "applied", "{result}");
+    let url = format!("{}/api/inventory", app.web);
+    support::wait_until("the web role to show the stock take", || async {
+        let model: serde_json::Value = reqwest::get(&url).await.unwrap().json().await.unwrap();
+        model["totals"]["items"] == support::LOCATIONS * support::PER_LOCATION
+    })
+    .await;
+    run_script(
+        "inventory-large.cjs",
+        &[
+            ("WEB_URL", app.web.clone()),
+            ("SCANNER_KEY", SCANNER_KEY.to_string()),
+            ("COMMAND_ID", unique_name("scan")),
+            ("SCREENSHOT", screenshot("inventory-large.png")),
+        ],
+    );
+}

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use cqrs_storage::claims::{ClaimCheck, POISONED_METADATA};
 use futures::TryStreamExt as _;
 use serde_json::{Value, json};
-use support::{App, Options, SCANNER_KEY, read_logs, wait_until};
+use support::{App, Options, SCANNER_KEY, read_logs, wait_for_stocktake, wait_until};
 
 /// Line `i` of a generated stock take: 4 locations, 250 items, quantities 0-6 (about 42 bytes
 /// a line, so 10,000 lines are ~400 KiB).
@@ -54,26 +54,9 @@ async fn upload(app: &App, content_type: &str, body: String, query: &str) -> req
         .unwrap()
 }
 
-/// Polls a stock-take result URL until it is no longer pending.
-async fn wait_for_stocktake(url: &str) -> Value {
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(120);
-    loop {
-        let body: Value = reqwest::get(url).await.unwrap().json().await.unwrap();
-        if body["status"] != "pending" {
-            return body;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "no result in {url}");
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-}
-
-async fn inventory(app: &App) -> Value {
-    reqwest::get(format!("{}/api/inventory", app.web))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+/// One pair's stock on the dashboard's API.
+async fn stock_of(app: &App, location: &str, item: &str) -> Option<i64> {
+    support::stock_of(&app.web, location, item).await
 }
 
 /// Blob names in the app's claim-check container.
@@ -103,11 +86,13 @@ fn envelope(text: &str) -> ClaimCheck {
         .unwrap()
 }
 
-/// Every expected (location, item) quantity is on the dashboard's read model.
-fn assert_stock(model: &Value, expected: &BTreeMap<(String, String), i64>) {
+/// Every expected (location, item) quantity is on the dashboard's API.
+async fn assert_stock(app: &App, expected: &BTreeMap<(String, String), i64>) {
+    let stock = support::stock(&app.web).await;
     for ((location, item), quantity) in expected {
         assert_eq!(
-            model["locations"][location][item], *quantity,
+            stock.get(&(location.clone(), item.clone())),
+            Some(quantity),
             "{location}/{item}"
         );
     }
@@ -164,14 +149,16 @@ async fn a_400_kib_stock_take_over_http_is_applied_and_leaves_no_claim_blob() {
 
     let expected = expected(10_000);
     wait_until("the dashboard to show the stock take", || async {
-        inventory(&app).await["locations"]["harbour-street-3"]["morello-cherry-pie-249"]
-            == expected[&(
-                "harbour-street-3".to_string(),
-                "morello-cherry-pie-249".to_string(),
-            )]
+        stock_of(&app, "harbour-street-3", "morello-cherry-pie-249").await
+            == Some(
+                expected[&(
+                    "harbour-street-3".to_string(),
+                    "morello-cherry-pie-249".to_string(),
+                )],
+            )
     })
     .await;
-    assert_stock(&inventory(&app).await, &expected);
+    assert_stock(&app, &expected).await;
     wait_until("the claim-check blob to be deleted", || async {
         claim_blobs(&app).await.is_empty()
     })
@@ -219,7 +206,7 @@ async fn a_redelivered_reference_still_finds_its_blob_and_a_resubmission_counts_
         "morello-cherry-pie-001".to_string(),
     );
     wait_until("the stock take on the dashboard", || async {
-        inventory(&app).await["locations"][&pair.0][&pair.1] == expected[&pair]
+        stock_of(&app, &pair.0, &pair.1).await == Some(expected[&pair])
     })
     .await;
 
@@ -233,7 +220,7 @@ async fn a_redelivered_reference_still_finds_its_blob_and_a_resubmission_counts_
         .unwrap();
     assert_eq!(adjusted.status(), 202);
     wait_until("the adjustment", || async {
-        inventory(&app).await["locations"][&pair.0][&pair.1] == expected[&pair] - 1
+        stock_of(&app, &pair.0, &pair.1).await == Some(expected[&pair] - 1)
     })
     .await;
     let again = upload(&app, "text/csv", csv(2_000), "?stocktakeId=count-7").await;
@@ -242,10 +229,9 @@ async fn a_redelivered_reference_still_finds_its_blob_and_a_resubmission_counts_
         app.peek(&app.names.inventory).await.is_empty() && claim_blobs(&app).await.is_empty()
     })
     .await;
-    let model = inventory(&app).await;
     assert_eq!(
-        model["locations"][&pair.0][&pair.1],
-        expected[&pair] - 1,
+        stock_of(&app, &pair.0, &pair.1).await,
+        Some(expected[&pair] - 1),
         "a stock take applied twice must count once (the later adjustment stays)"
     );
 }
@@ -518,11 +504,11 @@ async fn the_python_sdk_sends_plain_commands_and_claim_checks_the_worker_applies
         let result = result_blob(&app, id).await.unwrap();
         assert_eq!(result["linesApplied"], 10_000, "{result}");
         wait_until("the adjustment", || async {
-            inventory(&app).await["locations"]["python-van"][id] == 5
+            stock_of(&app, "python-van", id).await == Some(5)
         })
         .await;
     }
-    assert_stock(&inventory(&app).await, &expected(10_000));
+    assert_stock(&app, &expected(10_000)).await;
     wait_until("no claim-check blob left", || async {
         claim_blobs(&app).await.is_empty()
     })

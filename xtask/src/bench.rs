@@ -23,6 +23,9 @@ pub fn run(args: &[String]) -> Result<()> {
     }
     let partial = args.iter().any(|a| a == "--quick" || a == "--only");
     let azurite_bin = tools::azurite()?;
+    // The dashboard benchmark drives Chromium.
+    let playwright = tools::playwright()?;
+    let chromium = tools::chromium()?;
     build_release(&["cqrs-operator", "reference-app", "cqrs-bench"])?;
     let target = crate::shell::target_dir();
     let bin_dir = target.join("release");
@@ -35,6 +38,8 @@ pub fn run(args: &[String]) -> Result<()> {
     // Each benchmark starts a fresh Azurite of its own from this install.
     cmd.arg("run")
         .env("CQRS_AZURITE_BIN", &azurite_bin)
+        .env("PLAYWRIGHT_CORE", &playwright)
+        .env("CHROMIUM", &chromium)
         .arg("--bin-dir")
         .arg(&bin_dir)
         .arg("--out")

@@ -278,8 +278,10 @@ fn scenario(target: &Target, blob_port: u16) -> Result<Vec<String>> {
         "the adjustment on /api/inventory",
         Duration::from_secs(180),
         || {
-            curl(&[&format!("http://127.0.0.1:{web_port}/api/inventory")])
-                .filter(|model| model.contains("pork pie"))
+            curl(&[&format!(
+                "http://127.0.0.1:{web_port}/api/inventory/locations/shop"
+            )])
+            .filter(|model| model.contains("pork pie"))
         },
     )?;
 

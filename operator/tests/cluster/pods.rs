@@ -415,7 +415,7 @@ async fn the_example_app_runs_as_pods_serves_through_its_service_and_scales_its_
             assert_eq!(accepted.status(), 202);
             poll_json(
                 &http,
-                &format!("{base}/api/inventory"),
+                &format!("{base}/api/inventory/locations/shop"),
                 Duration::from_secs(120),
                 |model| model.to_string().contains("pork pie"),
             )
@@ -590,15 +590,23 @@ async fn busy_worker_finishes_its_message(
     let base = base.to_owned();
     let counted = in_netns(async move || {
         let http = reqwest::Client::new();
+        // The vans' totals, from the first page of locations named van-*.
         let sum = |model: &Value| -> i64 {
-            (0..10)
-                .filter_map(|v| model["locations"][format!("van-{v}")].as_object())
-                .flat_map(|items| items.values().filter_map(Value::as_i64))
+            model["locations"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|l| {
+                    l["location"]
+                        .as_str()
+                        .is_some_and(|n| n.starts_with("van-"))
+                })
+                .filter_map(|l| l["quantity"].as_i64())
                 .sum()
         };
         let model = poll_json(
             &http,
-            &format!("{base}/api/inventory"),
+            &format!("{base}/api/inventory?q=van-&pageSize=200"),
             Duration::from_secs(120),
             |m| sum(m) >= lines as i64,
         )

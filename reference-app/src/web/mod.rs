@@ -6,6 +6,7 @@
 //! register) and only ever create their own result blob.
 
 mod inventory;
+mod inventory_view;
 mod pages;
 mod registration;
 mod stocktake;
@@ -257,6 +258,10 @@ pub fn router(state: Arc<AppState>) -> axum::Router {
             post(registration::register).layer(DefaultBodyLimit::max(REGISTRATION_BODY_LIMIT)),
         )
         .route("/api/inventory", get(inventory::query))
+        .route(
+            "/api/inventory/locations/{location}",
+            get(inventory::location),
+        )
         .route(
             "/api/inventory/adjustments",
             post(inventory::adjust).layer(DefaultBodyLimit::max(ADJUSTMENT_BODY_LIMIT)),

@@ -1,7 +1,8 @@
-// Opens the dashboard in headless Chromium, posts scanner commands, and waits for the table
-// to show them without a reload (server-sent events); then uploads a 3,000-line stock take
-// (over the claim-check threshold) through the page's form and waits for its result and the
-// new stock.
+// Opens the (empty) dashboard in headless Chromium, posts scanner commands, and waits for the
+// location totals and the first location's items to show them without a reload (server-sent
+// events); then uploads a 3,000-line stock take (over the claim-check threshold) through the
+// page's form and waits for its result and the new stock; then opens another location, finds
+// an item with the search box, and sees a new adjustment of it in place.
 // Env: PLAYWRIGHT_CORE, CHROMIUM, WEB_URL, SCANNER_KEY, COMMAND_ID, SCREENSHOT (optional).
 const { chromium } = require(process.env.PLAYWRIGHT_CORE);
 
@@ -29,10 +30,25 @@ async function adjust(body) {
     await adjust({ commandId: id + "-1", location: "harbour", item: "apple-pie", delta: 7 });
     await adjust({ commandId: id + "-2", location: "downtown", item: "cherry-pie", delta: 3 });
     await adjust({ commandId: id + "-3", location: "harbour", item: "cherry-pie", delta: 2 });
-    await page.waitForFunction(() => {
-      const cells = [...document.querySelectorAll("#stock tfoot td")].map((td) => td.textContent);
-      return cells.join("|") === "Total|7|5";
-    }, null, { timeout: 60000 });
+    const rows = (table) => page.evaluate((t) =>
+      [...document.querySelectorAll(`#${t} tbody tr`)].map((tr) =>
+        [...tr.cells].slice(0, 3).map((td) => td.textContent).join("|")).join(" / "), table);
+    const waitFor = async (what, check) => {
+      try {
+        await page.waitForFunction(check, null, { timeout: 60000 });
+      } catch (e) {
+        throw new Error(`${what}: locations ${await rows("locations")}; stock ${await rows("stock")}`);
+      }
+    };
+    await waitFor("three adjustments", () => {
+      const locations = [...document.querySelectorAll("#locations tbody tr")].map((tr) =>
+        [...tr.cells].slice(0, 3).map((td) => td.textContent).join("|"));
+      const stock = [...document.querySelectorAll("#stock tbody tr")].map((tr) =>
+        [...tr.cells].map((td) => td.textContent).join("|"));
+      return locations.join(" / ") === "downtown|1|3 / harbour|2|9"
+        && stock.join(" / ") === "cherry-pie|3"
+        && document.getElementById("total-quantity").textContent === "12";
+    });
     // 3,000 counted lines of harbour apple pies (~80 KiB: through the claim check) and one bad line.
     const lines = ["location,item,quantity"];
     for (let i = 0; i < 3000; i++) lines.push(`harbour,apple-pie,1`);
@@ -46,12 +62,27 @@ async function adjust(body) {
       const text = document.getElementById("stocktake-outcome").textContent;
       return text.includes("Applied 3000 lines, rejected 1.") && text.includes("line 3002:");
     }, null, { timeout: 60000 });
-    await page.waitForFunction(() => {
-      const cells = [...document.querySelectorAll("#stock tfoot td")].map((td) => td.textContent);
-      return cells.join("|") === "Total|3000|5";
-    }, null, { timeout: 60000 });
+    await waitFor("the stock take", () => {
+      const row = document.querySelector('#locations tr[data-location="harbour"]');
+      return row && [...row.cells].slice(0, 3).map((td) => td.textContent).join("|") === "harbour|2|3002";
+    });
     const same = await page.evaluate(() => window.__sameDocument === true);
     if (!same) throw new Error("the page reloaded instead of updating in place");
+    // Another location, an item found by searching, and a live change of it.
+    await page.click('#locations a:text-is("harbour")');
+    await page.waitForSelector('#stock tr[data-item="apple-pie"]');
+    await page.fill('#location input[name=q]', "cherry");
+    await page.press('#location input[name=q]', "Enter");
+    await page.waitForFunction(() => document.getElementById("freshness").textContent === "live"
+      && [...document.querySelectorAll("#stock tbody tr")].map((tr) => tr.dataset.item).join() === "cherry-pie",
+      null, { timeout: 30000 });
+    await page.evaluate(() => { window.__sameDocument = true; });
+    await adjust({ commandId: id + "-4", location: "harbour", item: "cherry-pie", delta: 5 });
+    await waitFor("the adjustment of the item searched", () =>
+      document.querySelector('#stock tr[data-item="cherry-pie"] td:last-child').textContent === "7");
+    if (!(await page.evaluate(() => window.__sameDocument === true))) {
+      throw new Error("the page reloaded instead of updating in place");
+    }
     if (process.env.SCREENSHOT) await page.screenshot({ path: process.env.SCREENSHOT, fullPage: true });
     console.log(JSON.stringify({ ok: true }));
   } finally {

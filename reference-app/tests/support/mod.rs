@@ -533,3 +533,130 @@ impl LocalSetup {
         }
     }
 }
+
+/// `{web}/api/inventory/locations/{location}` (the location as one path segment).
+fn location_url(web: &str, location: &str) -> reqwest::Url {
+    let mut url = reqwest::Url::parse(&format!("{web}/api/inventory/locations/")).unwrap();
+    url.path_segments_mut()
+        .unwrap()
+        .pop_if_empty()
+        .push(location);
+    url
+}
+
+/// Every page of a paged inventory answer at `url` (`rows` names its list), 200 rows a page.
+async fn all_pages(url: reqwest::Url, rows: &str) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    for page in 1.. {
+        let mut url = url.clone();
+        url.query_pairs_mut()
+            .append_pair("page", &page.to_string())
+            .append_pair("pageSize", "200");
+        let response = reqwest::get(url).await.unwrap();
+        if response.status() == 404 {
+            break;
+        }
+        let body: serde_json::Value = response.error_for_status().unwrap().json().await.unwrap();
+        let list = body[rows].as_array().unwrap().clone();
+        let done = list.len() < 200;
+        out.extend(list);
+        if done {
+            break;
+        }
+    }
+    out
+}
+
+/// The whole stock the web role serves, read through its paged API.
+pub async fn stock(web: &str) -> BTreeMap<(String, String), i64> {
+    let locations = all_pages(
+        reqwest::Url::parse(&format!("{web}/api/inventory")).unwrap(),
+        "locations",
+    )
+    .await;
+    let mut out = BTreeMap::new();
+    for location in locations {
+        let name = location["location"].as_str().unwrap().to_string();
+        for row in all_pages(location_url(web, &name), "stock").await {
+            out.insert(
+                (name.clone(), row["item"].as_str().unwrap().to_string()),
+                row["quantity"].as_i64().unwrap(),
+            );
+        }
+    }
+    out
+}
+
+/// One pair's stock as the web role serves it (`None`: not recorded).
+pub async fn stock_of(web: &str, location: &str, item: &str) -> Option<i64> {
+    let mut url = location_url(web, location);
+    url.query_pairs_mut()
+        .append_pair("q", item)
+        .append_pair("pageSize", "200");
+    let response = reqwest::get(url).await.ok()?;
+    if !response.status().is_success() {
+        return None;
+    }
+    let body: serde_json::Value = response.json().await.ok()?;
+    body["stock"]
+        .as_array()?
+        .iter()
+        .find(|row| row["item"] == item)
+        .and_then(|row| row["quantity"].as_i64())
+}
+
+/// Locations of the big shop.
+pub const LOCATIONS: usize = 50;
+/// Items at each.
+pub const PER_LOCATION: usize = 2_000;
+
+/// Stock per (location, item).
+pub type Stock = BTreeMap<(String, String), i64>;
+
+/// A stock take of every item of a shop of 100,000 items across 50 locations
+/// (`shop-<l>,pie-<i>`), and the stock it sets.
+pub fn big_stocktake() -> (String, Stock) {
+    let mut csv = String::from("location,item,quantity\n");
+    let mut stock = Stock::new();
+    for i in 0..LOCATIONS * PER_LOCATION {
+        let (location, item, quantity) = (
+            format!("shop-{}", i % LOCATIONS),
+            format!("pie-{}", i / LOCATIONS),
+            1 + (i % 9) as i64,
+        );
+        csv.push_str(&format!("{location},{item},{quantity}\n"));
+        stock.insert((location, item), quantity);
+    }
+    (csv, stock)
+}
+
+/// Posts a CSV stock take with id `id`; its result URL.
+pub async fn upload_stocktake(app: &App, csv: &str, id: &str) -> String {
+    let response = App::client()
+        .post(format!(
+            "{}/api/inventory/stocktakes?stocktakeId={id}",
+            app.web
+        ))
+        .bearer_auth(SCANNER_KEY)
+        .header("content-type", "text/csv")
+        .body(csv.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let accepted: serde_json::Value = response.json().await.unwrap();
+    accepted["resultUrl"].as_str().unwrap().to_string()
+}
+
+/// Polls a stock-take result URL until it is no longer pending.
+pub async fn wait_for_stocktake(url: &str) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let body: serde_json::Value = reqwest::get(url).await.unwrap().json().await.unwrap();
+        if body["status"] != "pending" {
+            return body;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no result in {url}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}

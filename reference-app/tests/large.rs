@@ -1,0 +1,163 @@
+//! The pie shop at a real shop's size: 100,000 items across 50 locations, filled by one stock
+//! take, keeps every guarantee of the small one: a stock take over many partitions is one
+//! idempotent command with one result, two workers racing on one partition lose nothing
+//! (ETag conflicts re-applied), resent commands count once, and workers killed (SIGKILL) in
+//! the middle of their batches lose nothing.
+
+#![allow(clippy::unwrap_used)] // test helpers: a failed step should fail the test loudly
+
+mod support;
+
+use std::time::Duration;
+
+use cqrs_storage::azurite::TestAzurite;
+use futures::StreamExt as _;
+use serde_json::{Value, json};
+use support::{App, Options, wait_for_stocktake, wait_until};
+
+use support::{LOCATIONS, PER_LOCATION, Stock, big_stocktake, upload_stocktake};
+
+/// A counter (summed over its labels) on worker `port`'s /metrics.
+async fn counter(port: u16, name: &str) -> u64 {
+    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// `n` adjustments to `locations`, as (command, expected change).
+fn adjustments(tag: &str, n: usize, locations: &[&str]) -> Vec<(Value, (String, String), i64)> {
+    (0..n)
+        .map(|i| {
+            let location = locations[i % locations.len()].to_string();
+            let item = format!("pie-{}", i % 40);
+            let delta = if i % 4 == 0 { -1 } else { 2 };
+            (
+                json!({"commandId": format!("{tag}-{i}"), "location": location, "item": item, "delta": delta}),
+                (location, item),
+                delta,
+            )
+        })
+        .collect()
+}
+
+async fn enqueue_all(app: &App, commands: &[(Value, (String, String), i64)], expected: &mut Stock) {
+    let texts: Vec<String> = commands
+        .iter()
+        .map(|(body, pair, delta)| {
+            *expected.get_mut(pair).unwrap() += delta;
+            body.to_string()
+        })
+        .collect();
+    let sends = texts
+        .iter()
+        .map(|text| app.enqueue_raw(&app.names.inventory, text));
+    futures::stream::iter(sends)
+        .buffer_unordered(32)
+        .collect::<()>()
+        .await;
+}
+
+#[tokio::test]
+async fn a_100_000_item_shop_keeps_every_guarantee() {
+    // Its own Azurite: this load would starve the tests sharing the run's instance.
+    let mut app = App::start_on(
+        TestAzurite::private().await,
+        Options {
+            visibility: 5,
+            ..Options::default()
+        },
+    )
+    .await;
+    let first = app.start_worker("stocker", &[]).await;
+    let second = app.start_worker("stocker", &[]).await;
+
+    // One stock take over every partition: one command, one result blob.
+    let (csv, mut expected) = big_stocktake();
+    let result = wait_for_stocktake(&upload_stocktake(&app, &csv, "big-1").await).await;
+    assert_eq!(result["status"], "applied", "{result}");
+    assert_eq!(result["linesApplied"], LOCATIONS * PER_LOCATION);
+    let summary_url = format!("{}/api/inventory", app.web);
+    wait_until("the dashboard to show 100,000 items", || async {
+        let summary: Value = reqwest::get(&summary_url)
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        summary["totals"]["items"] == LOCATIONS * PER_LOCATION
+    })
+    .await;
+    let summary: Value = reqwest::get(&summary_url)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(summary["totals"]["locations"], LOCATIONS);
+    assert_eq!(
+        summary["locations"].as_array().unwrap().len(),
+        50,
+        "one page"
+    );
+
+    // Two workers on one location (one partition): their writes race; each race lost is
+    // re-applied, and every adjustment counts once, resent ones too.
+    let racing = adjustments("race", 600, &["shop-7"]);
+    let resent: Vec<_> = racing.iter().step_by(10).cloned().collect();
+    enqueue_all(&app, &racing, &mut expected).await;
+    for (body, ..) in &resent {
+        app.enqueue_raw(&app.names.inventory, &body.to_string())
+            .await;
+    }
+    wait_until("the racing adjustments", || async {
+        let mut all = true;
+        for i in 0..40 {
+            let pair = ("shop-7".to_string(), format!("pie-{i}"));
+            all &= support::stock_of(&app.web, &pair.0, &pair.1).await == Some(expected[&pair]);
+        }
+        all
+    })
+    .await;
+    let (p1, p2) = (app.workers[first].2, app.workers[second].2);
+    let conflicts = counter(p1, "pieshop_readmodel_conflicts").await
+        + counter(p2, "pieshop_readmodel_conflicts").await;
+    assert!(
+        conflicts > 0,
+        "600 adjustments of one partition by two workers should have raced at least once"
+    );
+
+    // The same stock take again, after adjustments since: it counts once (nothing is reset).
+    let again = wait_for_stocktake(&upload_stocktake(&app, &csv, "big-1").await).await;
+    assert_eq!(again["status"], "applied", "{again}");
+
+    // Workers SIGKILLed while they work through a backlog: their batches come back after the
+    // visibility timeout and are applied once.
+    let backlog = adjustments("kill", 1_500, &["shop-0", "shop-13", "shop-26", "shop-39"]);
+    enqueue_all(&app, &backlog, &mut expected).await;
+    for round in 0..3 {
+        let port = app.workers[first].2;
+        let before = counter(port, "pieshop_messages_processed").await;
+        wait_until("the worker to be busy with the backlog", || async {
+            counter(port, "pieshop_messages_processed").await >= before + 50
+        })
+        .await;
+        app.kill_worker(first).await;
+        app.workers.remove(first);
+        app.start_worker("stocker", &[]).await;
+        let last = app.workers.len() - 1;
+        app.workers.swap(first, last);
+        eprintln!("killed a busy worker ({} in round {round})", before + 50);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    wait_until("every adjustment and nothing else", || async {
+        support::stock(&app.web).await == expected
+    })
+    .await;
+}
