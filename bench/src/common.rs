@@ -347,6 +347,25 @@ impl Runtime {
     }
 }
 
+/// Waits until the web role at `web` serves a read model of `items` (location, item) pairs.
+pub async fn wait_for_items(http: &reqwest::Client, web: &str, items: usize) -> Result<()> {
+    let url = format!("{web}/api/inventory");
+    wait_until(
+        "the web role's cache to load the read model",
+        Duration::from_secs(60),
+        || async {
+            let Ok(response) = http.get(&url).send().await else {
+                return false;
+            };
+            response
+                .json::<Value>()
+                .await
+                .is_ok_and(|model| model["totals"]["items"] == items)
+        },
+    )
+    .await
+}
+
 /// Reads a counter (summed over labels) from a worker's /metrics.
 pub async fn counter(http: &reqwest::Client, port: u16, name: &str) -> f64 {
     let Ok(response) = http

@@ -10,7 +10,7 @@ use tokio::process::Command;
 
 use crate::common::{
     Bench, Names, Row, Runtime, fixed, median, percentile, post_registration, put_blob,
-    submit_directly, wait_until,
+    submit_directly, wait_for_items, wait_until,
 };
 use crate::load::{closed_loop, open_loop};
 
@@ -125,21 +125,8 @@ pub async fn query_path(bench: &Bench) -> Result<Vec<Row>> {
     .context("seeding the read model")?;
     let runtime = Runtime::start(bench, &names, &fixed(0), &fixed(0)).await?;
     let http = reqwest::Client::new();
+    wait_for_items(&http, &runtime.web, 200).await?;
     let url = format!("{}/api/inventory", runtime.web);
-    wait_until(
-        "the web role's cache to load the read model",
-        Duration::from_secs(30),
-        || async {
-            let Ok(response) = http.get(&url).send().await else {
-                return false;
-            };
-            response
-                .json::<serde_json::Value>()
-                .await
-                .is_ok_and(|model| model["totals"]["items"] == 200)
-        },
-    )
-    .await?;
     let bytes = http.get(&url).send().await?.bytes().await?;
     let file = bench.work.join("inventory-static.json");
     std::fs::write(&file, &bytes)?;

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use tokio::process::Command;
 
-use crate::common::{Bench, Names, Row, Runtime, fixed, median, wait_until};
+use crate::common::{Bench, Names, Row, Runtime, fixed, median, wait_for_items};
 use crate::drain::{Kind, worker_rate_on};
 use crate::stocktake::post_and_wait;
 
@@ -102,21 +102,8 @@ async fn dashboard(bench: &Bench, size: Size) -> Result<Dashboard> {
     let runtime = Runtime::start(bench, &names, &fixed(0), &fixed(1)).await?;
     runtime.worker_port("stocker").await?;
     let http = reqwest::Client::new();
+    wait_for_items(&http, &runtime.web, size.items()).await?;
     let summary_url = format!("{}/api/inventory", runtime.web);
-    wait_until(
-        "the web role's cache to load the read model",
-        Duration::from_secs(60),
-        || async {
-            let Ok(response) = http.get(&summary_url).send().await else {
-                return false;
-            };
-            response
-                .json::<serde_json::Value>()
-                .await
-                .is_ok_and(|m| m["totals"]["items"] == size.items())
-        },
-    )
-    .await?;
     let bytes = async |url: &str| -> Result<f64> {
         Ok(http.get(url).send().await?.bytes().await?.len() as f64)
     };

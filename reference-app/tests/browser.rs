@@ -113,10 +113,9 @@ async fn the_dashboard_of_a_100_000_item_shop_pages_searches_and_updates_live() 
     let result =
         support::wait_for_stocktake(&support::upload_stocktake(&app, &csv, "big").await).await;
     assert_eq!(result["status"], "applied", "{result}");
-    let url = format!("{}/api/inventory", app.web);
     support::wait_until("the web role to show the stock take", || async {
-        let model: serde_json::Value = reqwest::get(&url).await.unwrap().json().await.unwrap();
-        model["totals"]["items"] == support::LOCATIONS * support::PER_LOCATION
+        support::inventory_summary(&app.web).await["totals"]["items"]
+            == support::LOCATIONS * support::PER_LOCATION
     })
     .await;
     run_script(

@@ -15,7 +15,7 @@ use futures::StreamExt as _;
 use serde_json::{Value, json};
 use support::{App, Options, wait_for_stocktake, wait_until};
 
-use support::{LOCATIONS, PER_LOCATION, Stock, big_stocktake, upload_stocktake};
+use support::{LOCATIONS, PER_LOCATION, Stock, big_stocktake, inventory_summary, upload_stocktake};
 
 /// A counter (summed over its labels) on worker `port`'s /metrics.
 async fn counter(port: u16, name: &str) -> u64 {
@@ -83,23 +83,11 @@ async fn a_100_000_item_shop_keeps_every_guarantee() {
     let result = wait_for_stocktake(&upload_stocktake(&app, &csv, "big-1").await).await;
     assert_eq!(result["status"], "applied", "{result}");
     assert_eq!(result["linesApplied"], LOCATIONS * PER_LOCATION);
-    let summary_url = format!("{}/api/inventory", app.web);
     wait_until("the dashboard to show 100,000 items", || async {
-        let summary: Value = reqwest::get(&summary_url)
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        summary["totals"]["items"] == LOCATIONS * PER_LOCATION
+        inventory_summary(&app.web).await["totals"]["items"] == LOCATIONS * PER_LOCATION
     })
     .await;
-    let summary: Value = reqwest::get(&summary_url)
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let summary = inventory_summary(&app.web).await;
     assert_eq!(summary["totals"]["locations"], LOCATIONS);
     assert_eq!(
         summary["locations"].as_array().unwrap().len(),

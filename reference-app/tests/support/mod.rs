@@ -605,6 +605,16 @@ pub async fn stock_of(web: &str, location: &str, item: &str) -> Option<i64> {
         .and_then(|row| row["quantity"].as_i64())
 }
 
+/// `GET {web}/api/inventory` (the shop's totals and the first page of locations).
+pub async fn inventory_summary(web: &str) -> serde_json::Value {
+    reqwest::get(format!("{web}/api/inventory"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 /// Locations of the big shop.
 pub const LOCATIONS: usize = 50;
 /// Items at each.
