@@ -49,7 +49,8 @@ struct Carried {
     complete: bool,
 }
 
-/// `after - before`, per (location, item), without zeros.
+/// `after - before`, per (location, item): without zeros, but with every pair new in `after`
+/// (a pair counted at 0 is still a pair the shop has).
 fn differences(before: &Stock, after: &Stock) -> Vec<(String, String, i64)> {
     let mut out = BTreeMap::new();
     for (location, items) in after {
@@ -62,8 +63,9 @@ fn differences(before: &Stock, after: &Stock) -> Vec<(String, String, i64)> {
             *out.entry((location.clone(), item.clone())).or_insert(0) -= qty;
         }
     }
+    let known = |l: &str, i: &str| before.get(l).is_some_and(|items| items.contains_key(i));
     out.into_iter()
-        .filter(|(_, d)| *d != 0)
+        .filter(|((l, i), d)| *d != 0 || !known(l, i))
         .map(|((l, i), d)| (l, i, d))
         .collect()
 }
@@ -198,12 +200,13 @@ mod tests {
     #[test]
     fn differences_cover_new_changed_and_gone_pairs() {
         let before = stock(&[("a", "x", 5), ("a", "y", 2), ("b", "z", 1)]);
-        let after = stock(&[("a", "x", 7), ("a", "y", 2), ("c", "w", 3)]);
+        let after = stock(&[("a", "x", 7), ("a", "y", 2), ("c", "w", 3), ("c", "v", 0)]);
         assert_eq!(
             differences(&before, &after),
             vec![
                 ("a".into(), "x".into(), 2),
                 ("b".into(), "z".into(), -1),
+                ("c".into(), "v".into(), 0),
                 ("c".into(), "w".into(), 3)
             ]
         );
