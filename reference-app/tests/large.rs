@@ -149,3 +149,57 @@ async fn a_100_000_item_shop_keeps_every_guarantee() {
     })
     .await;
 }
+
+/// The blobs under the read model's partitions: (name, size in bytes).
+async fn partition_blobs(app: &App) -> Vec<(String, u64)> {
+    use futures::TryStreamExt as _;
+    let options = azure_storage_blob::models::BlobContainerClientListBlobsOptions {
+        prefix: Some("inventory/partitions/".into()),
+        ..Default::default()
+    };
+    let mut pages = app
+        .account
+        .container(&app.names.readmodels)
+        .list_blobs(Some(options))
+        .unwrap()
+        .into_pages();
+    let mut out = Vec::new();
+    while let Some(page) = pages.try_next().await.unwrap() {
+        for item in page.into_model().unwrap().blob_items {
+            let size = item
+                .properties
+                .as_ref()
+                .and_then(|p| p.content_length)
+                .unwrap_or_default();
+            out.push((item.name.unwrap_or_default(), size));
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn one_location_of_20_000_items_is_split_so_its_writes_stay_small() {
+    let mut app = App::start(Options::default()).await;
+    app.start_worker("stocker", &[]).await;
+    let mut csv = String::from("location,item,quantity\n");
+    let mut expected = Stock::new();
+    for i in 0..20_000 {
+        csv.push_str(&format!("warehouse,pie-{i},3\n"));
+        expected.insert(("warehouse".to_string(), format!("pie-{i}")), 3);
+    }
+    let result = wait_for_stocktake(&upload_stocktake(&app, &csv, "warehouse-1").await).await;
+    assert_eq!(result["status"], "applied", "{result}");
+    let adjustments = adjustments("wh", 300, &["warehouse"]);
+    enqueue_all(&app, &adjustments, &mut expected).await;
+    wait_until("every adjustment of the big location", || async {
+        support::stock(&app.web).await == expected
+    })
+    .await;
+    let blobs = partition_blobs(&app).await;
+    let largest = blobs.iter().map(|(_, size)| *size).max().unwrap();
+    assert!(
+        blobs.len() >= 20_000 / 4_096 && largest < 256 * 1024,
+        "the location's 20,000 items are in blobs of at most 4,096 items: {} blobs, the largest {largest} bytes",
+        blobs.len()
+    );
+}

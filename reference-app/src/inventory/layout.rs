@@ -29,6 +29,17 @@ pub fn blob_name(p: u64) -> String {
     format!("{PREFIX}p{p:03}.json")
 }
 
+/// The root blob of the partition a blob belongs to (a root, or a half of one of its splits,
+/// named `<root stem>-…`); `None` for a blob that is not a partition's.
+pub fn root_of(name: &str) -> Option<String> {
+    let stem = name.strip_prefix(PREFIX)?.get(..4)?;
+    let digits = stem.strip_prefix('p')?;
+    digits
+        .bytes()
+        .all(|b| b.is_ascii_digit())
+        .then(|| format!("{PREFIX}{stem}.json"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -50,5 +61,11 @@ mod tests {
         );
         assert!(blob_name(7).starts_with(PREFIX));
         assert_eq!(blob_name(7), "inventory/partitions/p007.json");
+        assert_eq!(root_of(&blob_name(7)), Some(blob_name(7)));
+        assert_eq!(
+            root_of("inventory/partitions/p007-1a2b3c4d0-5e6f7a8b1.json"),
+            Some(blob_name(7))
+        );
+        assert_eq!(root_of("inventory/legacy-carried.json"), None);
     }
 }

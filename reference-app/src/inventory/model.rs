@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
 use crate::messages::{InventoryAdjustment, StockLine};
@@ -34,6 +35,13 @@ pub struct Partition {
     /// Applied command keys and when (Unix seconds), for deduplication.
     #[serde(default)]
     pub applied: BTreeMap<String, i64>,
+    /// How many splits above it (0: a partition's root blob).
+    #[serde(default)]
+    pub depth: u32,
+    /// Set once it grew past its limit and was split: its items (and its applied keys) went to
+    /// these two blobs, by bit `depth` of each item's hash; it holds nothing else any more.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split: Option<[String; 2]>,
 }
 
 /// What one command does to one partition.
@@ -55,6 +63,47 @@ pub enum Change<'a> {
         /// (location, item, difference) in this partition.
         delta: Vec<(&'a str, &'a str, i64)>,
     },
+}
+
+/// The hash of an item that decides its side at each split (the first 8 bytes of SHA-256).
+/// NB: part of the stored format, like the partition hash.
+pub fn item_hash(item: &str) -> u64 {
+    let digest = Sha256::digest(item.as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    u64::from_be_bytes(first)
+}
+
+/// The side (0 or 1) of `item` at a split of depth `depth`.
+pub fn side(item: &str, depth: u32) -> usize {
+    ((item_hash(item) >> (depth % 64)) & 1) as usize
+}
+
+impl<'a> Change<'a> {
+    /// This change's parts for the two children of a split at `depth` (empty sides: `None`).
+    pub fn route(&self, depth: u32) -> [Option<Change<'a>>; 2] {
+        match self {
+            Change::Adjust(adj) => {
+                let mut out = [None, None];
+                out[side(&adj.item, depth)] = Some(Change::Adjust(adj));
+                out
+            }
+            Change::Count { id, lines } => {
+                let mut sides: [Vec<&'a StockLine>; 2] = [Vec::new(), Vec::new()];
+                for line in lines {
+                    sides[side(&line.item, depth)].push(line);
+                }
+                sides.map(|lines| (!lines.is_empty()).then_some(Change::Count { id, lines }))
+            }
+            Change::Carry { key, delta } => {
+                let mut sides: [Vec<(&'a str, &'a str, i64)>; 2] = [Vec::new(), Vec::new()];
+                for d in delta {
+                    sides[side(d.1, depth)].push(*d);
+                }
+                sides.map(|delta| (!delta.is_empty()).then_some(Change::Carry { key, delta }))
+            }
+        }
+    }
 }
 
 impl Change<'_> {
@@ -115,6 +164,36 @@ impl Partition {
         self.version += 1;
         self.updated_at = timestamp(now);
         new
+    }
+
+    /// (location, item) pairs held.
+    pub fn items(&self) -> usize {
+        self.stock.values().map(BTreeMap::len).sum()
+    }
+
+    /// The two halves of this partition at its depth (each remembering every applied key, so
+    /// a command applied before the split still counts once after it), and itself emptied to
+    /// point at `names`.
+    pub fn split_into(&mut self, names: [String; 2]) -> [Partition; 2] {
+        let mut halves = [(); 2].map(|()| Partition {
+            version: 1,
+            updated_at: self.updated_at.clone(),
+            applied: self.applied.clone(),
+            depth: self.depth + 1,
+            ..Partition::default()
+        });
+        for (location, items) in std::mem::take(&mut self.stock) {
+            for (item, quantity) in items {
+                halves[side(&item, self.depth)]
+                    .stock
+                    .entry(location.clone())
+                    .or_default()
+                    .insert(item, quantity);
+            }
+        }
+        self.applied.clear();
+        self.split = Some(names);
+        halves
     }
 
     fn add(&mut self, location: &str, item: &str, delta: i64) {
@@ -210,6 +289,52 @@ mod tests {
         assert_eq!(model.apply(&[carry], now), 0);
         assert_eq!(model.stock["downtown"]["apple"], 11);
         assert_eq!(model.stock["downtown"]["plum"], -2);
+    }
+
+    #[test]
+    fn a_split_sends_each_item_and_each_change_to_one_side_and_keeps_the_applied_keys() {
+        let mut model = Partition::default();
+        let now = OffsetDateTime::now_utc();
+        let adjustments: Vec<InventoryAdjustment> = (0..64)
+            .map(|i| adj(&format!("c{i}"), "downtown", &format!("pie-{i}"), 1))
+            .collect();
+        model.apply(&adjust(&adjustments.iter().collect::<Vec<_>>()), now);
+        let halves = model.split_into(["a".into(), "b".into()]);
+        assert!(model.stock.is_empty() && model.applied.is_empty());
+        assert_eq!(model.split, Some(["a".to_string(), "b".to_string()]));
+        assert_eq!(halves[0].items() + halves[1].items(), 64);
+        assert!(
+            halves[0].items() > 10 && halves[1].items() > 10,
+            "both sides used"
+        );
+        for (i, half) in halves.iter().enumerate() {
+            assert_eq!(half.depth, 1);
+            assert_eq!(half.applied.len(), 64, "every key on both sides");
+            for item in half.stock["downtown"].keys() {
+                assert_eq!(side(item, 0), i);
+            }
+        }
+        // A redelivered adjustment, routed to its side, still counts once.
+        let again = Change::Adjust(&adjustments[5]);
+        let side_of = side(&adjustments[5].item, 0);
+        let [a, b] = again.route(0);
+        assert_eq!([a.is_some(), b.is_some()], [side_of == 0, side_of == 1]);
+        let mut half = halves[side_of].clone();
+        assert_eq!(half.apply(&[again], now), 0);
+        // A stock take's lines go to the side of their item.
+        let lines: Vec<StockLine> = (0..20)
+            .map(|i| line("downtown", &format!("pie-{i}"), 3))
+            .collect();
+        let count = Change::Count {
+            id: "st",
+            lines: lines.iter().collect(),
+        };
+        let routed = count.route(0);
+        let n = |c: &Option<Change<'_>>| match c {
+            Some(Change::Count { lines, .. }) => lines.len(),
+            _ => 0,
+        };
+        assert_eq!(n(&routed[0]) + n(&routed[1]), 20);
     }
 
     #[test]

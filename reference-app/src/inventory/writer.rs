@@ -1,10 +1,15 @@
 //! Read-modify-write of partitions under their ETags: a lost race re-reads and re-applies
 //! (the changes are idempotent), so any number of workers converge without locks.
 //!
-//! A [`Writer`] keeps each partition as it last wrote it, with the ETag the write returned,
-//! and writes its next changes on that copy with `If-Match` without reading the blob first: a
-//! worker alone on a partition reads it once, not at every batch. When another writer has been
-//! there since, the write fails (412) and the partition is read again, as without the copy.
+//! - A [`Writer`] keeps each blob as it last wrote it, with the ETag the write returned, and
+//!   writes its next changes on that copy with `If-Match` without reading the blob first: a
+//!   worker alone on a partition reads it once, not at every batch. When another writer has
+//!   been there since, the write fails (412) and the blob is read again, as without the copy.
+//! - A blob that would hold more than [`MAX_ITEMS`] items is split instead of written: its two
+//!   halves (by a bit of each item's hash) are created under new names, then the blob itself is
+//!   replaced (`If-Match`) by a pointer to them. Whoever loses that race deletes its halves and
+//!   starts again on the winner's blob; writers that meet the pointer follow it. So a write's
+//!   size is bounded whatever the size of a location, and one location may span many blobs.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -23,63 +28,140 @@ use crate::store::{self, Condition, StoreError, Written};
 const MAX_ATTEMPTS: u32 = 20;
 /// Partitions written at once by one call of [`Writer::apply_all`].
 const CONCURRENT_PARTITIONS: usize = 8;
+/// Most items in one blob before it is split (~150 KB of JSON).
+pub const MAX_ITEMS: usize = 4_096;
+/// Deepest split (2^24 blobs under one partition: never reached in practice).
+const MAX_DEPTH: u32 = 24;
+
+/// Splits `part` (stored as `name`) into two halves with new names (`<name>-<random><0|1>`);
+/// `part` becomes the pointer to them.
+fn halves(name: &str, part: &mut Partition) -> [(String, Partition); 2] {
+    let stem = name.strip_suffix(".json").unwrap_or(name);
+    let generation = uuid::Uuid::new_v4().simple().to_string();
+    let names = [0, 1].map(|i| format!("{stem}-{}{i}.json", &generation[..8]));
+    let [a, b] = part.split_into(names.clone());
+    let [na, nb] = names;
+    [(na, a), (nb, b)]
+}
+
+/// What one blob's write came to.
+enum Node {
+    /// Written, after this many lost races.
+    Written(u32),
+    /// It is split: the changes go to these two blobs, by bit `depth` of the item hash.
+    Split([String; 2], u32),
+}
 
 /// Writes partitions of one read-model container.
 #[derive(Debug)]
 pub struct Writer {
     account: StorageAccount,
     container: String,
-    /// Partition -> its content as this writer last wrote it, and the ETag of that write.
-    /// NB: at most every partition (the whole model, ~10 MB at 100,000 items) per process.
-    written: Mutex<HashMap<u64, (Partition, Etag)>>,
+    max_items: usize,
+    /// Blob name -> its content as this writer last wrote (or read, for a split one) it, and
+    /// that ETag. NB: at most the whole model (~10 MB at 100,000 items) per process.
+    known: Mutex<HashMap<String, (Partition, Etag)>>,
 }
 
 impl Writer {
     /// A writer of `container`'s partitions.
     pub fn new(account: StorageAccount, container: String) -> Self {
+        Self::with_max_items(account, container, MAX_ITEMS)
+    }
+
+    /// A writer splitting blobs past `max_items` (tests use small ones).
+    pub fn with_max_items(account: StorageAccount, container: String, max_items: usize) -> Self {
         Self {
             account,
             container,
-            written: Mutex::new(HashMap::new()),
+            max_items,
+            known: Mutex::new(HashMap::new()),
         }
     }
 
-    fn take_written(&self, p: u64) -> Option<(Partition, Etag)> {
-        self.written.lock().ok()?.remove(&p)
+    fn take_known(&self, name: &str) -> Option<(Partition, Etag)> {
+        self.known.lock().ok()?.remove(name)
     }
 
-    fn keep_written(&self, p: u64, partition: Partition, etag: Etag) {
-        if let Ok(mut written) = self.written.lock() {
-            written.insert(p, (partition, etag));
+    fn keep_known(&self, name: &str, partition: Partition, etag: Etag) {
+        if let Ok(mut known) = self.known.lock() {
+            known.insert(name.to_string(), (partition, etag));
         }
     }
 
-    /// Applies `changes` to partition `p` in one write; returns the lost races on the way
-    /// (`None`: too many, nothing written).
+    /// Applies `changes` to partition `p` (following its splits) in one write per blob;
+    /// returns the lost races on the way (`None`: too many somewhere; what was not written is
+    /// left for the redelivery, which skips what was).
     pub async fn apply(&self, p: u64, changes: &[Change<'_>]) -> Result<Option<u32>, StoreError> {
-        let name = layout::blob_name(p);
-        let mut known = self.take_written(p);
+        let mut work = vec![(layout::blob_name(p), 0, changes.to_vec())];
+        let mut conflicts = 0;
+        while let Some((name, depth, changes)) = work.pop() {
+            match self.apply_blob(&name, depth, &changes).await? {
+                None => return Ok(None),
+                Some(Node::Written(lost)) => conflicts += lost,
+                Some(Node::Split(children, depth)) => {
+                    let mut sides: [Vec<Change<'_>>; 2] = [Vec::new(), Vec::new()];
+                    for change in &changes {
+                        for (i, part) in change.route(depth).into_iter().enumerate() {
+                            sides[i].extend(part);
+                        }
+                    }
+                    for (child, changes) in children.into_iter().zip(sides) {
+                        if !changes.is_empty() {
+                            work.push((child, depth + 1, changes));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(Some(conflicts))
+    }
+
+    /// One blob's read-modify-write (or split); `None`: too many lost races.
+    async fn apply_blob(
+        &self,
+        name: &str,
+        depth: u32,
+        changes: &[Change<'_>],
+    ) -> Result<Option<Node>, StoreError> {
+        let mut known = self.take_known(name);
         for attempt in 0..MAX_ATTEMPTS {
             let from_memory = known.is_some();
             let (mut partition, condition) = match known.take() {
                 Some((partition, etag)) => (partition, Condition::Match(etag)),
-                None => {
-                    match store::read::<Partition>(&self.account, &self.container, &name).await? {
-                        Some((partition, Some(etag))) => (partition, Condition::Match(etag)),
-                        Some((partition, None)) => (partition, Condition::Any),
-                        None => (Partition::default(), Condition::Create),
-                    }
-                }
+                None => match store::read::<Partition>(&self.account, &self.container, name).await?
+                {
+                    Some((partition, Some(etag))) => (partition, Condition::Match(etag)),
+                    Some((partition, None)) => (partition, Condition::Any),
+                    None => (
+                        Partition {
+                            depth,
+                            ..Partition::default()
+                        },
+                        Condition::Create,
+                    ),
+                },
             };
-            partition.apply(changes, OffsetDateTime::now_utc());
-            match store::write(&self.account, &self.container, &name, &partition, condition).await?
-            {
-                Written::Ok(etag) => {
-                    if let Some(etag) = etag {
-                        self.keep_written(p, partition, etag);
-                    }
-                    return Ok(Some(attempt));
+            if let Some(children) = partition.split.clone() {
+                if let Condition::Match(etag) = condition {
+                    self.keep_known(name, partition.clone(), etag);
                 }
+                return Ok(Some(Node::Split(children, partition.depth)));
+            }
+            partition.apply(changes, OffsetDateTime::now_utc());
+            let written = if partition.items() > self.max_items && partition.depth < MAX_DEPTH {
+                self.split(name, partition, condition).await?
+            } else {
+                let written =
+                    store::write(&self.account, &self.container, name, &partition, condition)
+                        .await?;
+                if let Written::Ok(Some(etag)) = &written {
+                    self.keep_known(name, partition, etag.clone());
+                }
+                written
+            };
+            match written {
+                Written::Ok(_) => return Ok(Some(Node::Written(attempt))),
                 // Another writer was there since this one's last write: read it now.
                 Written::Conflict if from_memory => {}
                 Written::Conflict => {
@@ -91,6 +173,61 @@ impl Writer {
             }
         }
         Ok(None)
+    }
+
+    /// Splits `partition` (changes applied) into new blobs of at most `max_items` each (as
+    /// many levels as it takes) and points `name` at them.
+    async fn split(
+        &self,
+        name: &str,
+        mut partition: Partition,
+        condition: Condition,
+    ) -> Result<Written, StoreError> {
+        let items = partition.items();
+        let mut new_blobs: Vec<(String, Partition)> = halves(name, &mut partition).into();
+        // Halves still past the limit are split in turn before anything is written.
+        let mut i = 0;
+        while i < new_blobs.len() {
+            let (blob, part) = &mut new_blobs[i];
+            if part.items() > self.max_items && part.depth < MAX_DEPTH {
+                let more = halves(&blob.clone(), part);
+                new_blobs.extend(more);
+            }
+            i += 1;
+        }
+        let mut created = Vec::new();
+        // NB: new names: nobody else writes them until the pointer below is in place.
+        for (child, half) in &new_blobs {
+            store::write(
+                &self.account,
+                &self.container,
+                child,
+                half,
+                Condition::Create,
+            )
+            .await?;
+            created.push(child.clone());
+        }
+        let written =
+            store::write(&self.account, &self.container, name, &partition, condition).await?;
+        match &written {
+            Written::Ok(_) => {
+                tracing::info!(
+                    blob = name,
+                    items,
+                    blobs = created.len(),
+                    "split a read-model partition past {} items a blob",
+                    self.max_items
+                );
+            }
+            Written::Conflict => {
+                // Lost the race: these blobs are nobody's (readers only follow pointers).
+                for child in &created {
+                    let _ = self.account.blob(&self.container, child).delete(None).await;
+                }
+            }
+        }
+        Ok(written)
     }
 
     /// Applies each partition's changes (a few partitions at once); one outcome per partition.
@@ -108,5 +245,115 @@ impl Writer {
             .buffer_unordered(CONCURRENT_PARTITIONS)
             .collect()
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use cqrs_storage::azurite::{TestAzurite, unique_name};
+
+    use super::*;
+    use crate::messages::{InventoryAdjustment, StockLine};
+
+    /// Every blob reachable from partition `p`'s root: (name, content).
+    async fn tree(account: &StorageAccount, container: &str, p: u64) -> Vec<(String, Partition)> {
+        let mut out = Vec::new();
+        let mut todo = vec![layout::blob_name(p)];
+        while let Some(name) = todo.pop() {
+            let (part, _) = store::read::<Partition>(account, container, &name)
+                .await
+                .unwrap()
+                .unwrap();
+            todo.extend(part.split.iter().flatten().cloned());
+            out.push((name, part));
+        }
+        out
+    }
+
+    fn merged(blobs: &[(String, Partition)]) -> BTreeMap<(String, String), i64> {
+        let mut out = BTreeMap::new();
+        for (_, part) in blobs {
+            for (l, items) in &part.stock {
+                for (i, q) in items {
+                    assert!(
+                        out.insert((l.clone(), i.clone()), *q).is_none(),
+                        "{l}/{i} twice"
+                    );
+                }
+            }
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn a_partition_past_its_limit_splits_and_keeps_every_guarantee() {
+        let azurite = TestAzurite::start().await;
+        let account = azurite.account();
+        let container = unique_name("rm");
+        account.ensure_container(&container).await.unwrap();
+        let p = layout::partition_of("downtown");
+        let max = 16;
+
+        // A stock take of 500 items at one location: split, several levels deep, at once.
+        let lines: Vec<StockLine> = (0..500)
+            .map(|i| StockLine {
+                location: "downtown".into(),
+                item: format!("pie-{i}"),
+                quantity: 2,
+            })
+            .collect();
+        let count = Change::Count {
+            id: "st-1",
+            lines: lines.iter().collect(),
+        };
+        let writer = Writer::with_max_items(account.clone(), container.clone(), max);
+        writer
+            .apply(p, std::slice::from_ref(&count))
+            .await
+            .unwrap()
+            .unwrap();
+        let blobs = tree(&account, &container, p).await;
+        assert!(blobs.len() > 500 / max, "{} blobs", blobs.len());
+        assert!(blobs.iter().all(|(_, b)| b.items() <= max));
+        let mut expected: BTreeMap<(String, String), i64> = (0..500)
+            .map(|i| (("downtown".to_string(), format!("pie-{i}")), 2))
+            .collect();
+        assert_eq!(merged(&blobs), expected);
+
+        // Two writers (one without the other's copies) adjust at once; then everything is
+        // delivered again, the stock take too: each counts once.
+        let adjustments: Vec<InventoryAdjustment> = (0..300)
+            .map(|i| InventoryAdjustment {
+                command_id: format!("c{i}"),
+                location: "downtown".into(),
+                item: format!("pie-{}", i % 600),
+                delta: 1,
+            })
+            .collect();
+        for a in &adjustments {
+            *expected
+                .entry((a.location.clone(), a.item.clone()))
+                .or_default() += a.delta;
+        }
+        let other = Writer::with_max_items(account.clone(), container.clone(), max);
+        let batches: Vec<Vec<Change<'_>>> = adjustments
+            .chunks(30)
+            .map(|chunk| chunk.iter().map(Change::Adjust).collect())
+            .collect();
+        for round in 0..2 {
+            let runs = batches.iter().enumerate().map(|(i, batch)| {
+                let w = if i % 2 == 0 { &writer } else { &other };
+                w.apply(p, batch)
+            });
+            for outcome in futures::future::join_all(runs).await {
+                assert!(outcome.unwrap().is_some(), "round {round}");
+            }
+        }
+        writer.apply(p, &[count]).await.unwrap().unwrap();
+        let blobs = tree(&account, &container, p).await;
+        assert_eq!(merged(&blobs), expected);
+        assert!(blobs.iter().all(|(_, b)| b.items() <= max));
     }
 }

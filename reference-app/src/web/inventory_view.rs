@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::inventory::Partition;
+use crate::inventory::{Partition, layout};
 use crate::messages::FieldErrors;
 
 /// Rows in a page unless asked otherwise.
@@ -60,11 +60,14 @@ pub struct Totals {
 /// One version of the read model, as the web role serves it.
 #[derive(Debug, Default)]
 pub struct InventoryView {
-    /// Partition blob name -> content.
+    /// Blob name -> content, for every blob listed (split ones, and halves of lost splits
+    /// that no pointer leads to, included).
     pub partitions: BTreeMap<String, Arc<Loaded>>,
-    /// Location -> (its partition's blob name, summary).
-    locations: BTreeMap<String, (String, LocationSummary)>,
-    /// The sum of the partitions' versions: grows with every write, the same in every replica.
+    /// Partition root blob -> what its tree of blobs holds.
+    roots: BTreeMap<String, Tree>,
+    /// Location -> its summary and items (merged over the blobs of its partition).
+    locations: BTreeMap<String, Located>,
+    /// The sum of the live blobs' versions: grows with every write, the same in every replica.
     pub version: u64,
     /// The latest write.
     pub updated_at: Option<String>,
@@ -233,70 +236,131 @@ pub struct PairChange {
     pub quantity: i64,
 }
 
-fn summary(location: &str, items: &BTreeMap<String, i64>, p: &Partition) -> LocationSummary {
-    LocationSummary {
-        location: location.to_string(),
-        items: items.len(),
-        quantity: items.values().sum(),
-        updated_at: p.updated_at.clone(),
-        version: p.version,
+/// What one partition's tree of blobs (its root, and the halves of its splits) holds.
+#[derive(Clone, Debug, Default)]
+struct Tree {
+    /// The sum of its live blobs' versions.
+    version: u64,
+    /// The latest write among them.
+    updated_at: Option<String>,
+    /// Its locations.
+    locations: Vec<String>,
+}
+
+/// One location's summary and items.
+#[derive(Clone, Debug)]
+struct Located {
+    summary: LocationSummary,
+    items: Arc<BTreeMap<String, i64>>,
+}
+
+/// Follows `root`'s split pointers through `blobs`: its version, latest write, and the stock
+/// of its live blobs merged per location. (A half not loaded yet counts as empty.)
+fn walk(
+    blobs: &BTreeMap<String, Arc<Loaded>>,
+    root: &str,
+) -> (u64, Option<String>, BTreeMap<String, BTreeMap<String, i64>>) {
+    let (mut version, mut updated_at, mut stock) = (0, None, BTreeMap::new());
+    let mut todo = vec![root.to_string()];
+    while let Some(name) = todo.pop() {
+        let Some(loaded) = blobs.get(&name) else {
+            continue;
+        };
+        let part = &loaded.partition;
+        version += part.version;
+        updated_at = updated_at.max(part.updated_at.clone());
+        match &part.split {
+            Some(children) => todo.extend(children.iter().cloned()),
+            None => {
+                for (location, items) in &part.stock {
+                    let merged: &mut BTreeMap<String, i64> =
+                        stock.entry(location.clone()).or_default();
+                    merged.extend(items.iter().map(|(i, q)| (i.clone(), *q)));
+                }
+            }
+        }
     }
+    (version, updated_at, stock)
 }
 
 impl InventoryView {
-    /// The next version: `changed` partitions (re)loaded, `gone` ones dropped; and what changed.
+    /// The next version: `changed` blobs (re)loaded, `gone` ones dropped; and what changed.
     pub fn next(
         &self,
         changed: Vec<(String, Arc<Loaded>)>,
         gone: &[String],
     ) -> (InventoryView, Delta) {
         let mut partitions = self.partitions.clone();
+        let mut touched_roots = BTreeSet::new();
+        for (name, loaded) in changed {
+            touched_roots.extend(layout::root_of(&name));
+            partitions.insert(name, loaded);
+        }
+        for name in gone {
+            touched_roots.extend(layout::root_of(name));
+            partitions.remove(name);
+        }
+        let mut roots = self.roots.clone();
         let mut locations = self.locations.clone();
         let mut delta = Delta::default();
         let mut touched = BTreeSet::new();
-        let empty = BTreeMap::new();
-        let no_items = BTreeMap::new();
-        let updates = changed
-            .into_iter()
-            .map(|(name, loaded)| (name, Some(loaded)))
-            .chain(gone.iter().map(|name| (name.clone(), None)));
-        for (name, loaded) in updates {
-            let before = partitions.get(&name).cloned();
-            let old = before.as_ref().map_or(&empty, |l| &l.partition.stock);
-            let new_stock = loaded.as_ref().map_or(&empty, |l| &l.partition.stock);
-            for (location, items) in old {
-                let after = new_stock.get(location).unwrap_or(&no_items);
-                for (item, qty) in items {
-                    if !after.contains_key(item) && *qty != 0 {
-                        delta.record(location, item, 0);
-                    }
-                }
-                if !new_stock.contains_key(location) {
+        let nothing = BTreeMap::new();
+        for root in touched_roots {
+            let (version, updated_at, stock) = walk(&partitions, &root);
+            let before = roots.remove(&root).unwrap_or_default();
+            for location in &before.locations {
+                if !stock.contains_key(location) {
                     locations.remove(location);
                     touched.insert(location.clone());
                 }
             }
-            if let Some(loaded) = &loaded {
-                for (location, items) in new_stock {
-                    let before = old.get(location);
-                    for (item, qty) in items {
-                        if before.and_then(|b| b.get(item)) != Some(qty) {
-                            delta.record(location, item, *qty);
-                        }
+            for (location, items) in &stock {
+                let old = locations.get(location).map_or(&nothing, |l| &*l.items);
+                for (item, qty) in items {
+                    if old.get(item) != Some(qty) {
+                        delta.record(location, item, *qty);
                     }
-                    let s = summary(location, items, &loaded.partition);
-                    if locations.get(location).map(|(_, old)| old) != Some(&s) {
-                        touched.insert(location.clone());
-                    }
-                    locations.insert(location.clone(), (name.clone(), s));
                 }
-                partitions.insert(name, loaded.clone());
-            } else {
-                partitions.remove(&name);
+                for (item, qty) in old {
+                    if !items.contains_key(item) && *qty != 0 {
+                        delta.record(location, item, 0);
+                    }
+                }
+            }
+            let names: Vec<String> = stock.keys().cloned().collect();
+            for (location, items) in stock {
+                let summary = LocationSummary {
+                    location: location.clone(),
+                    items: items.len(),
+                    quantity: items.values().sum(),
+                    updated_at: updated_at.clone(),
+                    version,
+                };
+                if locations.get(&location).map(|l| &l.summary) != Some(&summary) {
+                    touched.insert(location.clone());
+                }
+                locations.insert(
+                    location,
+                    Located {
+                        summary,
+                        items: Arc::new(items),
+                    },
+                );
+            }
+            if version > 0 {
+                roots.insert(
+                    root,
+                    Tree {
+                        version,
+                        updated_at,
+                        locations: names,
+                    },
+                );
             }
         }
         let mut view = InventoryView {
             partitions,
+            roots,
             locations,
             ..InventoryView::default()
         };
@@ -307,7 +371,7 @@ impl InventoryView {
         delta.locations = touched
             .into_iter()
             .map(|location| match view.locations.get(&location) {
-                Some((_, s)) => s.clone(),
+                Some(l) => l.summary.clone(),
                 None => LocationSummary {
                     location,
                     items: 0,
@@ -321,16 +385,16 @@ impl InventoryView {
     }
 
     fn recount(&mut self) {
-        self.version = self.partitions.values().map(|l| l.partition.version).sum();
+        self.version = self.roots.values().map(|t| t.version).sum();
         self.updated_at = self
-            .partitions
+            .roots
             .values()
-            .filter_map(|l| l.partition.updated_at.clone())
+            .filter_map(|t| t.updated_at.clone())
             .max();
         self.totals = Totals {
             locations: self.locations.len(),
-            items: self.locations.values().map(|(_, s)| s.items).sum(),
-            quantity: self.locations.values().map(|(_, s)| s.quantity).sum(),
+            items: self.locations.values().map(|l| l.summary.items).sum(),
+            quantity: self.locations.values().map(|l| l.summary.quantity).sum(),
         };
     }
 
@@ -339,7 +403,7 @@ impl InventoryView {
         let (rows, matching) = paging.page(
             self.locations
                 .iter()
-                .map(|(name, (_, s))| (name.as_str(), s)),
+                .map(|(name, l)| (name.as_str(), &l.summary)),
         );
         LocationsPage {
             version: self.version,
@@ -355,11 +419,10 @@ impl InventoryView {
 
     /// A page of `location`'s items; `None` when it has no stock recorded.
     pub fn location_page(&self, location: &str, paging: &Paging) -> Option<LocationPage> {
-        let (name, summary) = self.locations.get(location)?;
-        let items = self.partitions.get(name)?.partition.stock.get(location)?;
-        let (rows, matching) = paging.page(items.iter().map(|(i, q)| (i.as_str(), *q)));
+        let located = self.locations.get(location)?;
+        let (rows, matching) = paging.page(located.items.iter().map(|(i, q)| (i.as_str(), *q)));
         Some(LocationPage {
-            summary: summary.clone(),
+            summary: located.summary.clone(),
             query: paging.query.clone(),
             page: paging.page,
             page_size: paging.page_size,
@@ -435,8 +498,11 @@ mod tests {
         let start = InventoryView::default();
         let (v1, d1) = start.next(
             vec![
-                ("p1".into(), loaded(1, &[("a", "x", 1), ("a", "y", 2)])),
-                ("p2".into(), loaded(3, &[("b", "z", 5)])),
+                (
+                    layout::blob_name(1),
+                    loaded(1, &[("a", "x", 1), ("a", "y", 2)]),
+                ),
+                (layout::blob_name(2), loaded(3, &[("b", "z", 5)])),
             ],
             &[],
         );
@@ -450,30 +516,89 @@ mod tests {
                 quantity: 8
             }
         );
-        let (v2, d2) = v1.next(vec![("p1".into(), loaded(2, &[("a", "x", 4)]))], &[]);
+        let (v2, d2) = v1.next(
+            vec![(layout::blob_name(1), loaded(2, &[("a", "x", 4)]))],
+            &[],
+        );
         assert_eq!(
             d2.changes,
             vec![
                 PairChange {
                     location: "a".into(),
-                    item: "y".into(),
-                    quantity: 0
+                    item: "x".into(),
+                    quantity: 4
                 },
                 PairChange {
                     location: "a".into(),
-                    item: "x".into(),
-                    quantity: 4
+                    item: "y".into(),
+                    quantity: 0
                 },
             ]
         );
         assert_eq!(d2.locations.len(), 1, "b did not change");
         assert_eq!((d2.locations[0].items, d2.locations[0].quantity), (1, 4));
         assert_eq!(d2.totals.quantity, 9);
-        let (v3, d3) = v2.next(vec![], &["p2".into()]);
+        let (v3, d3) = v2.next(vec![], &[layout::blob_name(2)]);
         assert_eq!(d3.locations[0].location, "b");
         assert_eq!(d3.locations[0].items, 0, "a gone location is sent empty");
         assert_eq!(v3.totals.locations, 1);
         assert!(v3.location_page("b", &Paging::default()).is_none());
+    }
+
+    #[test]
+    fn a_location_split_over_several_blobs_is_one_location() {
+        let root = layout::blob_name(9);
+        let halves = [
+            format!("{}-aaaaaaaa0.json", root.trim_end_matches(".json")),
+            format!("{}-aaaaaaaa1.json", root.trim_end_matches(".json")),
+        ];
+        let (v1, _) = InventoryView::default().next(
+            vec![(root.clone(), loaded(1, &[("a", "x", 1), ("a", "y", 2)]))],
+            &[],
+        );
+        let mut pointer = Partition {
+            version: 2,
+            split: Some(halves.clone()),
+            ..Partition::default()
+        };
+        pointer.updated_at = Some("2026-12-03T10:00:02Z".into());
+        let (v2, delta) = v1.next(
+            vec![
+                (
+                    root.clone(),
+                    Arc::new(Loaded {
+                        etag: "e2".into(),
+                        partition: pointer,
+                    }),
+                ),
+                (halves[0].clone(), loaded(1, &[("a", "x", 1)])),
+                (halves[1].clone(), loaded(1, &[("a", "y", 5)])),
+                // A half of a lost split: no pointer leads to it.
+                (
+                    format!("{}-bbbbbbbb0.json", root.trim_end_matches(".json")),
+                    loaded(1, &[("a", "z", 100)]),
+                ),
+            ],
+            &[],
+        );
+        let page = v2.location_page("a", &Paging::default()).unwrap();
+        let items: Vec<(&str, i64)> = page
+            .stock
+            .iter()
+            .map(|s| (s.item.as_str(), s.quantity))
+            .collect();
+        assert_eq!(items, vec![("x", 1), ("y", 5)]);
+        assert_eq!(v2.totals.quantity, 6);
+        assert_eq!(v2.version, 4, "the pointer and its two halves");
+        assert_eq!(
+            delta.changes,
+            vec![PairChange {
+                location: "a".into(),
+                item: "y".into(),
+                quantity: 5
+            }],
+            "a split alone changes nothing; the adjustment does"
+        );
     }
 
     #[test]
@@ -486,7 +611,7 @@ mod tests {
             .map(|(l, i, q)| (l.as_str(), i.as_str(), *q))
             .collect();
         let (_, delta) =
-            InventoryView::default().next(vec![("p".into(), loaded(1, &borrowed))], &[]);
+            InventoryView::default().next(vec![(layout::blob_name(0), loaded(1, &borrowed))], &[]);
         assert_eq!(delta.changes.len(), MAX_DELTA_PAIRS);
         assert!(delta.truncated);
     }
@@ -501,7 +626,7 @@ mod tests {
             .map(|(l, i, q)| (l.as_str(), i.as_str(), *q))
             .collect();
         let (view, _) =
-            InventoryView::default().next(vec![("p".into(), loaded(1, &borrowed))], &[]);
+            InventoryView::default().next(vec![(layout::blob_name(0), loaded(1, &borrowed))], &[]);
         let page = view.location_page("shop", &paging("", 3, 50)).unwrap();
         assert_eq!(page.matching, 120);
         assert_eq!(page.stock.len(), 20);
