@@ -7,7 +7,7 @@ use anyhow::Result;
 use azure_core::http::Etag;
 use azure_storage_blob::models::BlockBlobClientUploadOptions;
 use azure_storage_queue::QueueClient;
-use azure_storage_queue::models::QueueClientReceiveMessagesOptions;
+use azure_storage_queue::models::{QueueClientReceiveMessagesOptions, ReceivedMessage};
 use futures::StreamExt as _;
 
 use crate::common::{
@@ -61,6 +61,21 @@ async fn prefill(bench: &Bench, names: &Names, kind: Kind, n: usize) -> Result<(
     results.into_iter().collect()
 }
 
+/// Up to 32 messages, invisible for 60 s.
+async fn receive(queue: &QueueClient) -> Result<Vec<ReceivedMessage>> {
+    let options = QueueClientReceiveMessagesOptions {
+        number_of_messages: Some(32),
+        visibility_timeout: Some(60),
+        ..Default::default()
+    };
+    Ok(queue
+        .receive_messages(Some(options))
+        .await?
+        .into_model()?
+        .items
+        .unwrap_or_default())
+}
+
 /// A raw consumer of `n` prefilled messages: receive 32, run `handle(id, pop receipt, text)`
 /// on each concurrently (it deletes the message when done), until `n` are handled; msg/s.
 async fn raw_loop<F, Fut>(queue: &QueueClient, n: usize, handle: F) -> Result<f64>
@@ -71,18 +86,8 @@ where
     let started = Instant::now();
     let mut done = 0;
     while done < n {
-        let options = QueueClientReceiveMessagesOptions {
-            number_of_messages: Some(32),
-            visibility_timeout: Some(60),
-            ..Default::default()
-        };
-        let messages = queue
-            .receive_messages(Some(options))
+        let work = receive(queue)
             .await?
-            .into_model()?
-            .items
-            .unwrap_or_default();
-        let work = messages
             .into_iter()
             .filter_map(|m| Some(handle(m.message_id?, m.pop_receipt?, m.message_text?)));
         done += futures::future::join_all(work)
@@ -153,6 +158,46 @@ async fn raw_registration_rate(bench: &Bench, n: usize) -> Result<f64> {
     .await
 }
 
+/// A raw loop making the inventory worker's storage calls itself: per batch of 32, one blob
+/// write per location in it (as the read model's partitions are written), then the deletes.
+async fn raw_inventory_rate(bench: &Bench, n: usize) -> Result<f64> {
+    let names = bench.provisioned().await?;
+    prefill(bench, &names, Kind::Inventory, n).await?;
+    let queue = bench.account.queue(&names.inv)?;
+    let started = Instant::now();
+    let mut done = 0;
+    while done < n {
+        let messages = receive(&queue).await?;
+        let locations: std::collections::BTreeSet<String> = messages
+            .iter()
+            .filter_map(|m| {
+                serde_json::from_str::<serde_json::Value>(m.message_text.as_ref()?).ok()
+            })
+            .filter_map(|c| c["location"].as_str().map(String::from))
+            .collect();
+        let (account, container) = (&bench.account, names.rm.as_str());
+        let writes = locations.iter().map(|l| async move {
+            let body = format!(r#"{{"stock":{{"{l}":{{}}}}}}"#).into_bytes();
+            let blob = format!("raw/{l}.json");
+            put_blob(account, container, &blob, body, Default::default()).await
+        });
+        for written in futures::future::join_all(writes).await {
+            written?;
+        }
+        let deletes = messages.into_iter().filter_map(|m| {
+            let (id, pop) = (m.message_id?, m.pop_receipt?);
+            let queue = &queue;
+            Some(async move { queue.delete_message(&id, &pop, None).await.is_ok() })
+        });
+        done += futures::future::join_all(deletes)
+            .await
+            .into_iter()
+            .filter(|ok| *ok)
+            .count();
+    }
+    Ok(n as f64 / started.elapsed().as_secs_f64())
+}
+
 /// One worker replica draining `n` prefilled messages of `kind`.
 pub async fn worker_rate(bench: &Bench, kind: Kind, n: usize) -> Result<f64> {
     worker_rate_on(bench, &bench.provisioned().await?, kind, n).await
@@ -209,8 +254,8 @@ pub async fn run(bench: &Bench) -> Result<Vec<Row>> {
     } else {
         (1000, 600, 1000)
     };
-    let (mut raw, mut raw_work, mut reg, mut inv) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut raw, mut raw_work, mut reg, mut inv, mut raw_inv) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..bench.runs() {
         raw.push(bench.on_fresh(async |b| raw_rate(b, n_raw).await).await?);
         raw_work.push(
@@ -228,16 +273,28 @@ pub async fn run(bench: &Bench) -> Result<Vec<Row>> {
                 .on_fresh(async |b| worker_rate(b, Kind::Inventory, n_inv).await)
                 .await?,
         );
+        raw_inv.push(
+            bench
+                .on_fresh(async |b| raw_inventory_rate(b, n_inv).await)
+                .await?,
+        );
         eprintln!(
-            "    run {}: raw {:.0}, raw registration {:.0}, registrations {:.0}, inventory {:.0} msg/s",
+            "    run {}: raw {:.0}, raw registration {:.0}, registrations {:.0}, inventory {:.0}, raw inventory {:.0} msg/s",
             raw.len(),
             raw[raw.len() - 1],
             raw_work[raw_work.len() - 1],
             reg[reg.len() - 1],
-            inv[inv.len() - 1]
+            inv[inv.len() - 1],
+            raw_inv[raw_inv.len() - 1]
         );
     }
-    let (raw, raw_work, reg, inv) = (median(raw), median(raw_work), median(reg), median(inv));
+    let (raw, raw_work, reg, inv, raw_inv) = (
+        median(raw),
+        median(raw_work),
+        median(reg),
+        median(inv),
+        median(raw_inv),
+    );
     let row = |name: &str, rate: f64, base: f64, what: &str| {
         let ratio = rate / base;
         Row::new(
@@ -267,6 +324,12 @@ pub async fn run(bench: &Bench) -> Result<Vec<Row>> {
             inv,
             raw,
             "raw receive + delete loop",
+        ),
+        row(
+            "Worker drain, inventory (1 replica)",
+            inv,
+            raw_inv,
+            "raw loop making the same storage calls: a write per location in a batch",
         ),
     ])
 }

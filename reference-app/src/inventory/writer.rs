@@ -5,6 +5,8 @@
 //!   writes its next changes on that copy with `If-Match` without reading the blob first: a
 //!   worker alone on a partition reads it once, not at every batch. When another writer has
 //!   been there since, the write fails (412) and the blob is read again, as without the copy.
+//! - Within one process, the batches that change the same blob take turns (one write after the
+//!   other, each on the copy the previous one left) rather than racing for it.
 //! - A blob that would hold more than [`MAX_ITEMS`] items is split instead of written: its two
 //!   halves (by a bit of each item's hash) are created under new names, then the blob itself is
 //!   replaced (`If-Match`) by a pointer to them. Whoever loses that race deletes its halves and
@@ -12,7 +14,7 @@
 //!   size is bounded whatever the size of a location, and one location may span many blobs.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use azure_core::http::Etag;
@@ -61,6 +63,9 @@ pub struct Writer {
     /// Blob name -> its content as this writer last wrote (or read, for a split one) it, and
     /// that ETag. NB: at most the whole model (~10 MB at 100,000 items) per process.
     known: Mutex<HashMap<String, (Partition, Etag)>>,
+    /// Blob name -> the turn to write it: this process's batches write a blob one after the
+    /// other (each on the copy the previous one left), instead of racing each other for it.
+    turns: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Writer {
@@ -76,6 +81,15 @@ impl Writer {
             container,
             max_items,
             known: Mutex::new(HashMap::new()),
+            turns: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn turn(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
+        match self.turns.lock() {
+            Ok(mut turns) => turns.entry(name.to_string()).or_default().clone(),
+            // NB: a poisoned map only costs the ordering (ETags keep the writes correct).
+            Err(_) => Arc::default(),
         }
     }
 
@@ -124,6 +138,8 @@ impl Writer {
         depth: u32,
         changes: &[Change<'_>],
     ) -> Result<Option<Node>, StoreError> {
+        let turn = self.turn(name);
+        let _turn = turn.lock().await;
         let mut known = self.take_known(name);
         for attempt in 0..MAX_ATTEMPTS {
             let from_memory = known.is_some();
