@@ -186,7 +186,8 @@ impl Netns {
             .status();
     }
 
-    /// Fails naming what is missing to make the namespace.
+    /// Fails naming what is missing to make the namespace (iptables is one of the node's
+    /// [`super::PACKAGES`], installed after this check).
     pub fn check_host() -> Result<()> {
         if output(Command::new("id").arg("-u"))?.trim() != "0" {
             bail!(
@@ -199,7 +200,6 @@ impl Netns {
             ("ip", "iproute2"),
             ("nsenter", "util-linux"),
             ("unshare", "util-linux"),
-            ("iptables", "iptables"),
         ] {
             if !crate::shell::on_path(tool) {
                 bail!("`{tool}` is not on PATH: apt-get install {package}");
