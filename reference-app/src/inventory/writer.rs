@@ -304,6 +304,33 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn one_writers_batches_on_one_blob_take_turns_instead_of_losing_races() {
+        let azurite = TestAzurite::start().await;
+        let account = azurite.account();
+        let container = unique_name("rm");
+        account.ensure_container(&container).await.unwrap();
+        let p = layout::partition_of("downtown");
+        let writer = Writer::new(account.clone(), container.clone());
+        let adjustments: Vec<InventoryAdjustment> = (0..80)
+            .map(|i| InventoryAdjustment {
+                command_id: format!("c{i}"),
+                location: "downtown".into(),
+                item: format!("pie-{}", i % 4),
+                delta: 1,
+            })
+            .collect();
+        let batches: Vec<Vec<Change<'_>>> = adjustments
+            .chunks(8)
+            .map(|chunk| chunk.iter().map(Change::Adjust).collect())
+            .collect();
+        let outcomes = futures::future::join_all(batches.iter().map(|b| writer.apply(p, b))).await;
+        let conflicts: Vec<u32> = outcomes.into_iter().map(|o| o.unwrap().unwrap()).collect();
+        assert_eq!(conflicts, vec![0; batches.len()]);
+        let stock = merged(&tree(&account, &container, p).await);
+        assert_eq!(stock.values().sum::<i64>(), 80);
+    }
+
+    #[tokio::test]
     async fn a_partition_past_its_limit_splits_and_keeps_every_guarantee() {
         let azurite = TestAzurite::start().await;
         let account = azurite.account();
