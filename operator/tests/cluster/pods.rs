@@ -575,11 +575,19 @@ async fn busy_worker_finishes_its_message(
         "measured: a busy worker pod deleted mid stock take ({lines} lines) finished it {:.1} s later",
         deleted.elapsed().as_secs_f64()
     );
-    // Deleted by the pod that had it: no redelivery, nothing poisoned, counted once.
-    let depth = account.queue_depth("inventory").await.expect("the queue");
+    // Deleted by the pod that had it: no redelivery, nothing poisoned, counted once. The pod
+    // writes the result blob before it deletes the message, so the queue may still count it
+    // for a moment; a message left to be redelivered would stay counted for the visibility
+    // timeout (30 s from its last renewal) and more, so 15 s tells the two apart.
+    let mut depth = account.queue_depth("inventory").await.expect("the queue");
+    let until = Instant::now() + Duration::from_secs(15);
+    while depth.approximate > 0 && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        depth = account.queue_depth("inventory").await.expect("the queue");
+    }
     assert_eq!(
         depth.approximate, 0,
-        "the message was deleted, not redelivered"
+        "the message was deleted by the pod that had it, not left to be redelivered"
     );
     let poisoned = account
         .queue_depth("inventory-poison")
