@@ -169,8 +169,8 @@ fn build_multi_call(go_bin: &Path, dir: &Path, main_go: &str) -> Result<()> {
     let ldflags = kubernetes_ldflags();
     step(
         "compiling etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, \
-         kube-proxy, kubectl, kwok and kwokctl into one binary (the cold build takes about 15 \
-         minutes on 2 cores)",
+         kube-proxy, kubectl, kwok and kwokctl into one binary (cold, it took 4 to 5 minutes \
+         on 2 cores)",
         go(go_bin, &src)
             .args(["build", "-ldflags", &ldflags, "-o"])
             .arg(dir.join("bin/k8s-tools"))
