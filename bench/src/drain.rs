@@ -76,6 +76,15 @@ async fn receive(queue: &QueueClient) -> Result<Vec<ReceivedMessage>> {
         .unwrap_or_default())
 }
 
+/// How many of `calls` (run concurrently) succeeded.
+async fn count_ok(calls: impl IntoIterator<Item = impl Future<Output = bool>>) -> usize {
+    futures::future::join_all(calls)
+        .await
+        .into_iter()
+        .filter(|ok| *ok)
+        .count()
+}
+
 /// A raw consumer of `n` prefilled messages: receive 32, run `handle(id, pop receipt, text)`
 /// on each concurrently (it deletes the message when done), until `n` are handled; msg/s.
 async fn raw_loop<F, Fut>(queue: &QueueClient, n: usize, handle: F) -> Result<f64>
@@ -90,11 +99,7 @@ where
             .await?
             .into_iter()
             .filter_map(|m| Some(handle(m.message_id?, m.pop_receipt?, m.message_text?)));
-        done += futures::future::join_all(work)
-            .await
-            .into_iter()
-            .filter(|ok| *ok)
-            .count();
+        done += count_ok(work).await;
     }
     Ok(n as f64 / started.elapsed().as_secs_f64())
 }
@@ -189,11 +194,7 @@ async fn raw_inventory_rate(bench: &Bench, n: usize) -> Result<f64> {
             let queue = &queue;
             Some(async move { queue.delete_message(&id, &pop, None).await.is_ok() })
         });
-        done += futures::future::join_all(deletes)
-            .await
-            .into_iter()
-            .filter(|ok| *ok)
-            .count();
+        done += count_ok(deletes).await;
     }
     Ok(n as f64 / started.elapsed().as_secs_f64())
 }

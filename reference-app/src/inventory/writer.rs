@@ -54,18 +54,21 @@ enum Node {
     Split([String; 2], u32),
 }
 
+/// One blob's last known copy and ETag, and the turn to write it.
+type Slot = Arc<tokio::sync::Mutex<Option<(Partition, Etag)>>>;
+
 /// Writes partitions of one read-model container.
 #[derive(Debug)]
 pub struct Writer {
     account: StorageAccount,
     container: String,
     max_items: usize,
-    /// Blob name -> its content as this writer last wrote (or read, for a split one) it, and
-    /// that ETag. NB: at most the whole model (~10 MB at 100,000 items) per process.
-    known: Mutex<HashMap<String, (Partition, Etag)>>,
-    /// Blob name -> the turn to write it: this process's batches write a blob one after the
-    /// other (each on the copy the previous one left), instead of racing each other for it.
-    turns: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Blob name -> its slot: the blob's content as this writer last wrote (or read, for a
+    /// split one) it, with that ETag. A batch holds the slot while it writes the blob, so this
+    /// process's batches write a blob one after the other (each on the copy the previous one
+    /// left) instead of racing each other for it. NB: at most the whole model (~10 MB at
+    /// 100,000 items) per process.
+    slots: Mutex<HashMap<String, Slot>>,
 }
 
 impl Writer {
@@ -80,26 +83,16 @@ impl Writer {
             account,
             container,
             max_items,
-            known: Mutex::new(HashMap::new()),
-            turns: Mutex::new(HashMap::new()),
+            slots: Mutex::new(HashMap::new()),
         }
     }
 
-    fn turn(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
-        match self.turns.lock() {
-            Ok(mut turns) => turns.entry(name.to_string()).or_default().clone(),
-            // NB: a poisoned map only costs the ordering (ETags keep the writes correct).
-            Err(_) => Arc::default(),
-        }
-    }
-
-    fn take_known(&self, name: &str) -> Option<(Partition, Etag)> {
-        self.known.lock().ok()?.remove(name)
-    }
-
-    fn keep_known(&self, name: &str, partition: Partition, etag: Etag) {
-        if let Ok(mut known) = self.known.lock() {
-            known.insert(name.to_string(), (partition, etag));
+    fn slot(&self, name: &str) -> Slot {
+        match self.slots.lock() {
+            Ok(mut slots) => slots.entry(name.to_string()).or_default().clone(),
+            // NB: a poisoned map only costs the ordering and the copy (ETags keep the writes
+            // correct).
+            Err(_) => Slot::default(),
         }
     }
 
@@ -138,9 +131,9 @@ impl Writer {
         depth: u32,
         changes: &[Change<'_>],
     ) -> Result<Option<Node>, StoreError> {
-        let turn = self.turn(name);
-        let _turn = turn.lock().await;
-        let mut known = self.take_known(name);
+        let slot = self.slot(name);
+        let mut kept = slot.lock().await;
+        let mut known = kept.take();
         for attempt in 0..MAX_ATTEMPTS {
             let from_memory = known.is_some();
             let (mut partition, condition) = match known.take() {
@@ -159,10 +152,11 @@ impl Writer {
                 },
             };
             if let Some(children) = partition.split.clone() {
+                let depth = partition.depth;
                 if let Condition::Match(etag) = condition {
-                    self.keep_known(name, partition.clone(), etag);
+                    *kept = Some((partition, etag));
                 }
-                return Ok(Some(Node::Split(children, partition.depth)));
+                return Ok(Some(Node::Split(children, depth)));
             }
             partition.apply(changes, OffsetDateTime::now_utc());
             let written = if partition.items() > self.max_items && partition.depth < MAX_DEPTH {
@@ -172,7 +166,7 @@ impl Writer {
                     store::write(&self.account, &self.container, name, &partition, condition)
                         .await?;
                 if let Written::Ok(Some(etag)) = &written {
-                    self.keep_known(name, partition, etag.clone());
+                    *kept = Some((partition, etag.clone()));
                 }
                 written
             };
@@ -303,26 +297,42 @@ mod tests {
         out
     }
 
-    #[tokio::test]
-    async fn one_writers_batches_on_one_blob_take_turns_instead_of_losing_races() {
-        let azurite = TestAzurite::start().await;
+    /// An account on `azurite` with a new container for the read model.
+    async fn fresh_container(azurite: &TestAzurite) -> (StorageAccount, String) {
         let account = azurite.account();
         let container = unique_name("rm");
         account.ensure_container(&container).await.unwrap();
-        let p = layout::partition_of("downtown");
-        let writer = Writer::new(account.clone(), container.clone());
-        let adjustments: Vec<InventoryAdjustment> = (0..80)
+        (account, container)
+    }
+
+    /// `n` adjustments of +1 at "downtown", command `c<i>` to item `pie-<i % items>`.
+    fn downtown_adjustments(n: usize, items: usize) -> Vec<InventoryAdjustment> {
+        (0..n)
             .map(|i| InventoryAdjustment {
                 command_id: format!("c{i}"),
                 location: "downtown".into(),
-                item: format!("pie-{}", i % 4),
+                item: format!("pie-{}", i % items),
                 delta: 1,
             })
-            .collect();
-        let batches: Vec<Vec<Change<'_>>> = adjustments
-            .chunks(8)
+            .collect()
+    }
+
+    /// `adjustments` as batches of `size` changes.
+    fn batches_of(adjustments: &[InventoryAdjustment], size: usize) -> Vec<Vec<Change<'_>>> {
+        adjustments
+            .chunks(size)
             .map(|chunk| chunk.iter().map(Change::Adjust).collect())
-            .collect();
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn one_writers_batches_on_one_blob_take_turns_instead_of_losing_races() {
+        let azurite = TestAzurite::start().await;
+        let (account, container) = fresh_container(&azurite).await;
+        let p = layout::partition_of("downtown");
+        let writer = Writer::new(account.clone(), container.clone());
+        let adjustments = downtown_adjustments(80, 4);
+        let batches = batches_of(&adjustments, 8);
         let outcomes = futures::future::join_all(batches.iter().map(|b| writer.apply(p, b))).await;
         let conflicts: Vec<u32> = outcomes.into_iter().map(|o| o.unwrap().unwrap()).collect();
         assert_eq!(conflicts, vec![0; batches.len()]);
@@ -333,9 +343,7 @@ mod tests {
     #[tokio::test]
     async fn a_partition_past_its_limit_splits_and_keeps_every_guarantee() {
         let azurite = TestAzurite::start().await;
-        let account = azurite.account();
-        let container = unique_name("rm");
-        account.ensure_container(&container).await.unwrap();
+        let (account, container) = fresh_container(&azurite).await;
         let p = layout::partition_of("downtown");
         let max = 16;
 
@@ -367,24 +375,14 @@ mod tests {
 
         // Two writers (one without the other's copies) adjust at once; then everything is
         // delivered again, the stock take too: each counts once.
-        let adjustments: Vec<InventoryAdjustment> = (0..300)
-            .map(|i| InventoryAdjustment {
-                command_id: format!("c{i}"),
-                location: "downtown".into(),
-                item: format!("pie-{}", i % 600),
-                delta: 1,
-            })
-            .collect();
+        let adjustments = downtown_adjustments(300, 600);
         for a in &adjustments {
             *expected
                 .entry((a.location.clone(), a.item.clone()))
                 .or_default() += a.delta;
         }
         let other = Writer::with_max_items(account.clone(), container.clone(), max);
-        let batches: Vec<Vec<Change<'_>>> = adjustments
-            .chunks(30)
-            .map(|chunk| chunk.iter().map(Change::Adjust).collect())
-            .collect();
+        let batches = batches_of(&adjustments, 30);
         for round in 0..2 {
             let runs = batches.iter().enumerate().map(|(i, batch)| {
                 let w = if i % 2 == 0 { &writer } else { &other };
